@@ -1,0 +1,1 @@
+"""Plugins that ship inside kdcore, loaded exactly like third-party ones."""

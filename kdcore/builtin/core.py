@@ -1,0 +1,40 @@
+"""kdcore's own plugin: the built-in schedules and losses, and the default distillation hooks.
+
+It is registered like any other plugin, first, so every plugin can override its distillation hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdcore.hookspecs import hookimpl
+from kdcore.losses import BUILTIN_LOSSES
+from kdcore.schedules import BUILTIN_SCHEDULES
+
+
+@hookimpl
+def kd_register_schedules(register):
+    for name, factory in BUILTIN_SCHEDULES.items():
+        register(name, factory)
+
+
+@hookimpl
+def kd_register_losses(register):
+    for name, fn in BUILTIN_LOSSES.items():
+        register(name, fn)
+
+
+@hookimpl(trylast=True)
+def kd_soft_targets(run, inputs, batch):
+    """The teacher's outputs for ``inputs``, computed without gradients in eval mode."""
+    with torch.no_grad():
+        return run.teacher(inputs)
+
+
+@hookimpl(trylast=True)
+def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
+    """``{"kd": distill.loss(student, teacher, T)}`` plus one term per ``distill.hints`` entry."""
+    terms = {"kd": run.kd_loss(student_outputs, teacher_outputs, run.temperature)}
+    if run.hints is not None:
+        terms.update(run.hints.compute())
+    return terms

@@ -1,0 +1,70 @@
+"""Checkpoints and other run files: atomic writes and safe loads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not a kdcore checkpoint."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file so that readers see the old content or the complete new one, never a torn file.
+
+    ``write(fh)`` fills a temporary file in the same directory, which is flushed, fsynced and renamed over
+    ``path``. If ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Atomically save a checkpoint dict (tensors, numbers, strings, lists and dicts only).
+
+    A ``format`` key is added so future versions can migrate old files.
+    """
+    data = {"format": CHECKPOINT_FORMAT, **payload}
+    return atomic_write(path, lambda fh: torch.save(data, fh))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True`` (no pickled code).
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, unreadable or lacks a ``model`` entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"checkpoint {path} could not be read: {exc}") from exc
+    if not isinstance(data, dict) or "model" not in data:
+        raise CheckpointError(f"checkpoint {path} is not a kdcore checkpoint (no 'model' entry)")
+    return data

@@ -1,0 +1,230 @@
+"""The ``kd`` command line: train, eval, report, plugins, tasks, schedules, plus plugins' own commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kdcore.checkpoint import CheckpointError, load_checkpoint
+from kdcore.config import ConfigError, dump, read_toml, resolve
+from kdcore.plugins import PluginError, get_registry
+from kdcore.report import ReportError, write_report
+from kdcore.schedules import ScheduleError, build_schedule, describe_schedule, plot_schedule
+
+#: Errors that are the user's to fix: shown as one line, never as a traceback.
+USER_ERRORS = (
+    ConfigError,
+    PluginError,
+    ScheduleError,
+    CheckpointError,
+    ReportError,
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    RuntimeError,
+)
+
+
+class KdGroup(click.Group):
+    """Turns user errors into ``Error: ...`` and exit status 1 instead of a traceback wall.
+
+    Set ``KD_DEBUG=1`` to see the full traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            if os.environ.get("KD_DEBUG"):
+                raise
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise click.ClickException(str(message)) from exc
+
+
+@click.group(cls=KdGroup)
+@click.version_option(package_name="kdcore")
+def cli() -> None:
+    """kd: knowledge distillation with a small core and domain plugins."""
+
+
+def _load_config(config_file: str | None, plugin: str | None, task: str | None, sets, overrides) -> dict:
+    file_config = read_toml(config_file) if config_file else {}
+    plugin = plugin or file_config.get("plugin") or "classify"
+    task_name = task if task is not None else file_config.get("task", "")
+    task_obj = get_registry().get_task(plugin, task_name)
+    overrides = {**overrides, "plugin": plugin, "task": task_obj.name}
+    return resolve(task_obj.defaults, file_config, config_file or "", sets, overrides)
+
+
+@cli.command()
+@click.option("--plugin", "-p", help="Plugin providing the task (default: from the config file, else classify).")
+@click.option("--task", "-t", help="Task of the plugin (default: the plugin's first task).")
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--data", help="Data set path (default: the task's embedded default data).")
+@click.option("--device", help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--out", "out_dir", help="Directory that holds run directories (default: runs).")
+@click.option("--with", "with_plugins", multiple=True, metavar="PLUGIN", help="Enable another plugin's hooks.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and stop.")
+def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, dry_run) -> None:
+    """Train a teacher (unless given) and distil it into a student; write a run directory."""
+    overrides: dict[str, Any] = {}
+    if data is not None:
+        overrides.setdefault("data", {})["path"] = data
+    if device is not None:
+        overrides["device"] = device
+    if out_dir is not None:
+        overrides["out_dir"] = out_dir
+    if with_plugins:
+        overrides["with_plugins"] = list(with_plugins)
+    config = _load_config(config_file, plugin, task, sets, overrides)
+    if dry_run:
+        click.echo(dump(config))
+        return
+    from kdcore.engine import fit
+
+    fit(config)
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", help="Evaluate on this data set instead of the run's.")
+@click.option("--checkpoint", default="checkpoints/best.pt", show_default=True, help="Relative to RUN_DIR.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_(run_dir, data, checkpoint, device, as_json) -> None:
+    """Evaluate a run's saved student (or any of its checkpoints) on the validation data."""
+    from torch.utils.data import DataLoader
+
+    from kdcore.engine import select_device
+
+    run_path = Path(run_dir)
+    config = read_toml(run_path / "config.toml")
+    if data is not None:
+        config["data"]["path"] = data
+    task = get_registry().get_task(config["plugin"], config["task"])
+    state = load_checkpoint(run_path / checkpoint)
+    torch_device = select_device(device)
+    task_data = task.build_data(config)
+    model = task.build_model(state["arch"], state.get("data_info") or task_data.info, config)
+    model.load_state_dict(state["model"])
+    model.to(torch_device)
+    loader = DataLoader(task_data.val, batch_size=config["data"]["eval_batch_size"], collate_fn=task_data.collate_fn)
+    metrics = task.evaluate(model, loader, torch_device)
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    table = Table(title=f"{run_path} — {checkpoint} ({state['arch']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir) -> None:
+    """Redraw RUN_DIR/report (PNG curves and summary.json) from metrics.jsonl."""
+    summary = write_report(run_dir)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json) -> None:
+    """List installed plugins: distribution, version, tasks, hooks, and errors of broken ones."""
+    infos = list(get_registry().plugins.values())
+    if as_json:
+        click.echo(json.dumps([{**dataclasses.asdict(i), "broken": i.broken} for i in infos], indent=2))
+        return
+    table = Table(title="kd plugins")
+    for column in ("name", "distribution", "tasks", "hooks", "status"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        status = f"[red]broken: {info.error}[/]" if info.broken else "[green]ok[/]"
+        table.add_row(
+            info.name, f"{info.distribution} {info.version}", ", ".join(info.tasks), ", ".join(info.hooks), status
+        )
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--plugin", "-p", help="Only this plugin's tasks.")
+@click.option("--defaults", is_flag=True, help="Also print each task's default config as TOML.")
+def tasks(plugin, defaults) -> None:
+    """List tasks with a one-line description (and their default config)."""
+    registry = get_registry()
+    names = [plugin] if plugin else [n for n, i in registry.plugins.items() if not i.broken]
+    table = Table(title="kd tasks")
+    for column in ("plugin", "task", "description", "architectures"):
+        table.add_column(column, overflow="fold")
+    chosen = []
+    for name in names:
+        registry.plugin_object(name)
+        for task in registry.tasks[name].values():
+            chosen.append(task)
+            table.add_row(name, task.name, task.description, ", ".join(task.architectures))
+    Console().print(table)
+    if defaults:
+        for task in chosen:
+            click.echo(f"# {task.plugin} / {task.name}\n{dump(dict(task.defaults))}")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx) -> None:
+    """List the temperature/weight schedules; `kd schedules plot NAME` draws one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table(title="kd schedules")
+    table.add_column("name")
+    table.add_column("description", overflow="fold")
+    for name, factory in sorted(get_registry().schedules.items()):
+        table.add_row(name, describe_schedule(factory))
+    Console().print(table)
+
+
+@schedules.command("plot")
+@click.argument("name")
+@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="A schedule parameter.")
+@click.option("--output", "-o", default=None, help="PNG path (default: NAME.png).")
+@click.option("--steps", default=200, show_default=True)
+def schedules_plot(name, sets, output, steps) -> None:
+    """Write a PNG of schedule NAME over training progress, e.g. `kd schedules plot anneal_to_one -s start=8`."""
+    from kdcore.config import parse_set
+
+    spec: dict[str, Any] = {"name": name}
+    for item in sets:
+        spec.update(parse_set(item))
+    schedule = build_schedule(spec, get_registry().schedules, where=f"schedule {name!r}")
+    path = plot_schedule(schedule, output or f"{name}.png", steps=steps)
+    click.echo(f"wrote {path}")
+
+
+def _add_plugin_commands(group: click.Group) -> None:
+    registry = get_registry()
+    for impl in registry.pm.hook.kd_register_commands.get_hookimpls():
+        try:
+            impl.function(cli=group)
+        except Exception as exc:  # one plugin's broken command must not take the CLI down
+            registry.plugins[impl.plugin_name].error = f"kd_register_commands failed: {exc}"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _add_plugin_commands(cli)
+    cli(prog_name="kd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Run configuration: kdcore defaults, then the task's defaults, then a TOML file, then ``--set`` overrides.
+
+Every key a user writes must exist in the defaults (kdcore's or the task's); an unknown key is an error
+that names it, says where it came from and suggests the closest valid key. Values must have the type of
+the default (an integer is accepted where a float is expected). Schedule specs
+(``distill.temperature``, ``distill.alpha``, ``distill.weights.*``) are checked when the schedule is
+built, against the schedule's own parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from kdcore.checkpoint import atomic_write_text
+
+CORE_DEFAULTS: dict[str, Any] = {
+    "plugin": "classify",
+    "task": "",
+    "seed": 0,
+    "device": "auto",
+    "out_dir": "runs",
+    "run_name": "",
+    "with_plugins": [],
+    "data": {"path": "", "batch_size": 64, "eval_batch_size": 256, "num_workers": 0},
+    "teacher": {
+        "arch": "",
+        "checkpoint": "",
+        "epochs": 5,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+    },
+    "student": {"arch": "", "epochs": 5, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0},
+    "distill": {
+        "strategy": "offline",
+        "loss": "soft_target_kl",
+        "temperature": {"name": "constant", "value": 4.0},
+        "alpha": {"name": "constant", "value": 0.9},
+        "weights": {},
+        "hints": [],
+        "assistants": [],
+        "extra_teachers": [],
+        "teacher_weights": [],
+        "baseline": True,
+    },
+    "train": {"log_every": 10, "progress": True, "amp": True, "grad_clip": 0.0},
+    "options": {},
+}
+
+#: Keys whose value is a schedule spec (a number or a table with a ``name``): free-form here.
+SCHEDULE_KEYS = ("distill.temperature", "distill.alpha")
+#: Tables whose own keys are free (each value is a schedule spec).
+FREE_TABLES = ("distill.weights",)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key, its source and what was expected."""
+
+
+def _is_schedule_key(key: str) -> bool:
+    return key in SCHEDULE_KEYS or any(key.startswith(t + ".") for t in FREE_TABLES)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``.
+
+    A schedule spec whose ``name`` changes replaces the old spec whole, so the old schedule's parameters
+    do not leak into the new one.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        old = out.get(key)
+        replace_whole = (
+            _is_schedule_key(path)
+            and isinstance(value, Mapping)
+            and isinstance(old, Mapping)
+            and "name" in value
+            and value["name"] != old.get("name")
+        )
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and not replace_whole:
+            out[key] = merge(old, value, prefix=f"{path}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate(config: Mapping[str, Any], schema: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Check that every key of ``config`` exists in ``schema`` with a compatible type.
+
+    Raises:
+        ConfigError: naming the key, ``source`` (a file or "--set") and the expected type or the closest key.
+    """
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if _is_schedule_key(path) or f"{prefix}".rstrip(".") in FREE_TABLES:
+            _check_schedule_spec(path, value, source)
+            continue
+        if key not in schema:
+            valid = [f"{prefix}{k}" for k in schema]
+            hint = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys here: {', '.join(valid)}"
+            raise ConfigError(f"unknown key {path!r} in {source}{suggestion}")
+        expected = schema[key]
+        if isinstance(expected, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path!r} in {source} must be a table, got {_type_name(value)}")
+            validate(value, expected, source, prefix=f"{path}.")
+            continue
+        if not _type_ok(value, expected):
+            raise ConfigError(
+                f"{path!r} in {source} must be {_type_name(expected)}, got {_type_name(value)} ({value!r})"
+            )
+
+
+def _check_schedule_spec(path: str, value: Any, source: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float | Mapping):
+        raise ConfigError(
+            f"{path!r} in {source} must be a number or a schedule table such as "
+            f'{{name = "cosine", start = 4.0, end = 1.0}}, got {_type_name(value)} ({value!r})'
+        )
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool):
+        return isinstance(value, bool)
+    if isinstance(expected, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, type(expected))
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    for kind, name in names.items():
+        if type(value) is kind:
+            return name
+    return "a table" if isinstance(value, Mapping) else type(value).__name__
+
+
+def normalise(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn integers into floats where the schema holds a float, so the saved config reads back the same."""
+    for key, expected in schema.items():
+        if key not in config:
+            continue
+        if isinstance(expected, float) and isinstance(config[key], int):
+            config[key] = float(config[key])
+        elif isinstance(expected, Mapping) and isinstance(config[key], dict):
+            normalise(config[key], expected)
+    return config
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """Parse one ``a.b.c=value`` override into a nested dict; the value is read as TOML, else a string.
+
+    ``--set student.lr=3e-4``, ``--set distill.hints='[]'``,
+    ``--set distill.temperature='{name="cosine", start=8, end=1}'``, ``--set data.path=/data/x``.
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.lr=0.01")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: the key {key!r} is not a dotted name like student.lr")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML config file, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def task_schema(task_defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """kdcore's defaults with the task's defaults merged in: the schema of a run's configuration."""
+    core_keys = {k: v for k, v in task_defaults.items() if k != "options"}
+    validate(core_keys, CORE_DEFAULTS, source="the task's defaults")
+    return merge(CORE_DEFAULTS, task_defaults)
+
+
+def resolve(
+    task_defaults: Mapping[str, Any],
+    file_config: Mapping[str, Any] | None = None,
+    file_name: str = "config file",
+    sets: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a run's configuration: defaults, task defaults, file, ``--set`` items, then CLI flags."""
+    schema = task_schema(task_defaults)
+    config = copy.deepcopy(schema)
+    layers: list[tuple[Mapping[str, Any], str]] = []
+    if file_config:
+        layers.append((file_config, file_name))
+    layers.extend((parse_set(item), f"--set {item}") for item in sets)
+    if overrides:
+        layers.append((overrides, "the command line"))
+    for layer, source in layers:
+        validate(layer, schema, source)
+        config = merge(config, layer)
+    return normalise(config, schema)
+
+
+def dump(config: Mapping[str, Any]) -> str:
+    """The configuration as TOML text."""
+    return tomli_w.dumps(dict(config))
+
+
+def write_config(path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
+    """Atomically write the resolved configuration, rerunnable with ``kd train -c PATH``."""
+    return atomic_write_text(path, dump(config))

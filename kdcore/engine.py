@@ -1,0 +1,477 @@
+"""The training loop: runs the stages a strategy plans and calls the distillation hooks.
+
+``fit(config)`` trains every stage of a run (teachers, assistants, the student and the no-KD baseline),
+writes ``config.toml``, ``metrics.jsonl``, checkpoints and the report into one run directory, and returns
+the run directory with its summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdcore.checkpoint import load_checkpoint, save_checkpoint
+from kdcore.config import write_config
+from kdcore.hints import HintTerms, parse_hints
+from kdcore.plugins import Registry, get_registry
+from kdcore.report import write_report
+from kdcore.schedules import Schedule, build_schedule
+from kdcore.strategies import EnsembleTeacher, Stage, plan_stages
+from kdcore.tasks import Task, TaskData
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but MPS is not available; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for a repeatable run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it, so a crash loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._fh.write(json.dumps(record, default=float) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class DistillRun:
+    """The state of a run that every distillation hook receives.
+
+    Attributes:
+        config: the resolved configuration (nested dict).
+        task: the selected :class:`kdcore.tasks.Task`.
+        data: the task's :class:`kdcore.tasks.TaskData`.
+        run_dir: the run directory.
+        device: the torch device.
+        pm: the run-scoped plugin manager (call ``run.pm.hook.<name>(...)`` to dispatch).
+        kd_loss: the logit loss named by ``distill.loss``: ``kd_loss(student, teacher, temperature)``.
+        stage: the name of the stage being trained.
+        student: the model being trained in this stage.
+        teacher: the model teaching it (None in supervised stages).
+        step, total_steps, epoch: position in the stage; ``progress`` is ``step / total_steps``.
+        temperature, alpha: the values used at the current step.
+        signals: named floats schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own).
+        stop_requested: set to True from a hook to end the stage after the current epoch.
+    """
+
+    config: dict[str, Any]
+    task: Task
+    data: TaskData
+    run_dir: Path
+    device: torch.device
+    pm: pluggy.PluginManager
+    log: MetricsLog
+    kd_loss: Callable[[Any, Any, Any], torch.Tensor]
+    stage: str = ""
+    student: nn.Module | None = None
+    teacher: nn.Module | None = None
+    hints: HintTerms | None = None
+    step: int = 0
+    total_steps: int = 1
+    epoch: int = 0
+    temperature: float | torch.Tensor = 1.0
+    alpha: float = 0.0
+    signals: dict[str, float] = field(default_factory=dict)
+    stop_requested: bool = False
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def distilling(self) -> bool:
+        return self.teacher is not None
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the run directory and its summary (also in ``report/summary.json``)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def make_run_dir(config: Mapping[str, Any], task: Task) -> Path:
+    name = config["run_name"] or datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    run_dir = Path(config["out_dir"]) / task.plugin / task.name / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} already exists and is not empty; choose another run_name")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def fit(config: dict[str, Any], registry: Registry | None = None, console: Console | None = None) -> FitResult:
+    """Run every stage of a distillation run described by a resolved ``config``."""
+    registry = registry or get_registry()
+    console = console or Console()
+    task = registry.get_task(config["plugin"], config["task"])
+    stages = plan_stages(config)
+    for stage in stages:
+        if stage.arch not in task.architectures:
+            raise ValueError(
+                f"{stage.section}.arch {stage.arch!r} (stage {stage.name!r}) is not an architecture of task "
+                f"{task.plugin}/{task.name}; choose one of: {', '.join(task.architectures)}"
+            )
+    hint_specs = parse_hints(config["distill"]["hints"])
+    if hint_specs and config["distill"]["strategy"] == "ensemble":
+        raise ValueError("distill.hints need a single teacher; they cannot be used with strategy 'ensemble'")
+    schedules = _build_schedules(config, registry)
+    device = select_device(config["device"])
+    seed_everything(config["seed"])
+    data = task.build_data(config)
+    run_dir = make_run_dir(config, task)
+    write_config(run_dir / "config.toml", config)
+    pm = registry.run_plugin_manager(task, config["with_plugins"])
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    kd_loss = registry.losses[config["distill"]["loss"]]
+    run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss)
+    console.print(f"[bold]kd[/] {task.plugin}/{task.name} on {device} → {run_dir}")
+    started = time.perf_counter()
+    try:
+        teachers: list[nn.Module] = []
+        teacher: nn.Module | None = None
+        for stage in stages:
+            if stage.is_teacher:
+                teachers.append(_teacher_model(run, stage, schedules, console))
+                continue
+            if teacher is None and stage.distilled:
+                teacher = teachers[0] if len(teachers) == 1 else _ensemble(teachers, config, device)
+            model = _train_stage(run, stage, teacher if stage.distilled else None, schedules, hint_specs, console)
+            if stage.name.startswith("assistant"):
+                teacher = model
+        log.write({"split": "run", "seconds": round(time.perf_counter() - started, 2), "device": str(device)})
+    finally:
+        log.close()
+    summary = write_report(run_dir)
+    console.print(_summary_line(summary))
+    console.print(f"run directory: {run_dir}")
+    return FitResult(run_dir=run_dir, summary=summary)
+
+
+def _summary_line(summary: Mapping[str, Any]) -> str:
+    metric = summary["main_metric"]
+    parts = [f"{name} {metric}={s['best_metric']:.4f}" for name, s in summary["stages"].items()]
+    return "best " + ", ".join(parts) + f" ({summary['seconds']:.1f} s)"
+
+
+def _build_schedules(config: Mapping[str, Any], registry: Registry) -> dict[str, Schedule]:
+    distill = config["distill"]
+    schedules = {
+        "temperature": build_schedule(distill["temperature"], registry.schedules, where="distill.temperature"),
+        "alpha": build_schedule(distill["alpha"], registry.schedules, where="distill.alpha"),
+    }
+    for term, spec in distill["weights"].items():
+        schedules[f"weight:{term}"] = build_schedule(spec, registry.schedules, where=f"distill.weights.{term}")
+    if distill["loss"] not in registry.losses:
+        raise ValueError(f"distill.loss {distill['loss']!r} is not one of {', '.join(sorted(registry.losses))}")
+    return schedules
+
+
+def _ensemble(teachers: list[nn.Module], config: Mapping[str, Any], device: torch.device) -> nn.Module:
+    return EnsembleTeacher(teachers, config["distill"]["teacher_weights"]).to(device).eval()
+
+
+def _build_model(run: DistillRun, stage: Stage) -> nn.Module:
+    # Same seed for every stage of one architecture: the student and the no-KD baseline start equal.
+    torch.manual_seed(run.config["seed"])
+    return run.task.build_model(stage.arch, run.data.info, run.config).to(run.device)
+
+
+def _teacher_model(run: DistillRun, stage: Stage, schedules: dict, console: Console) -> nn.Module:
+    path = run.config["teacher"]["checkpoint"] if stage.name == "teacher" else ""
+    if not path:
+        return _train_stage(run, stage, None, schedules, [], console).eval()
+    state = load_checkpoint(path, map_location=run.device)
+    if state.get("arch", stage.arch) != stage.arch:
+        raise ValueError(
+            f"teacher.checkpoint {path} holds architecture {state['arch']!r}, but teacher.arch is {stage.arch!r}"
+        )
+    model = _build_model(run, stage)
+    model.load_state_dict(state["model"])
+    console.print(f"\\[teacher] loaded {path}")
+    return model.eval()
+
+
+def _loaders(run: DistillRun) -> tuple[DataLoader, DataLoader]:
+    data_cfg = run.config["data"]
+    generator = torch.Generator().manual_seed(run.config["seed"])
+    common = {
+        "num_workers": data_cfg["num_workers"],
+        "collate_fn": run.data.collate_fn,
+        "pin_memory": run.device.type == "cuda",
+    }
+    train = DataLoader(run.data.train, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **common)
+    val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
+    if len(train) == 0:
+        raise ValueError("the training set is empty: check data.path")
+    return train, val
+
+
+def _optimizer(model: nn.Module, extra: list[nn.Parameter], section: Mapping[str, Any]) -> torch.optim.Optimizer:
+    name = section["optimizer"]
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    params = [p for p in model.parameters() if p.requires_grad] + extra
+    kwargs: dict[str, Any] = {"lr": section["lr"], "weight_decay": section["weight_decay"]}
+    if name == "sgd":
+        kwargs["momentum"] = 0.9
+    return OPTIMIZERS[name](params, **kwargs)
+
+
+def _better(task: Task, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return not math.isnan(new)
+    return new > old if task.higher_is_better else new < old
+
+
+def _agreement(student_out: Any, teacher_out: Any) -> float | None:
+    if not (isinstance(student_out, torch.Tensor) and isinstance(teacher_out, torch.Tensor)):
+        return None
+    if student_out.shape != teacher_out.shape or student_out.ndim < 2:
+        return None
+    return float((student_out.argmax(dim=1) == teacher_out.argmax(dim=1)).float().mean())
+
+
+def _train_stage(
+    run: DistillRun,
+    stage: Stage,
+    teacher: nn.Module | None,
+    schedules: dict[str, Schedule],
+    hint_specs: list,
+    console: Console,
+) -> nn.Module:
+    cfg, task, device = run.config, run.task, run.device
+    section = cfg[stage.section]
+    train_loader, val_loader = _loaders(run)
+    model = _build_model(run, stage)
+    run.stage, run.student, run.teacher, run.hints = stage.name, model, teacher, None
+    run.step, run.epoch, run.stop_requested = 0, 0, False
+    run.signals.clear()
+    epochs = section["epochs"]
+    run.total_steps = max(1, epochs * len(train_loader))
+    extra_params: list[nn.Parameter] = []
+    if teacher is not None:
+        teacher.eval()
+        for schedule in schedules.values():
+            schedule.to(device)
+            extra_params += schedule.parameters()
+        if hint_specs:
+            probe = task.split_batch(to_device(next(iter(train_loader)), device))[0]
+            run.hints = HintTerms.build(hint_specs, model, teacher, probe)
+            extra_params += list(run.hints.parameters())
+    optimizer = _optimizer(model, extra_params, section)
+    use_amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ckpt_dir = run.run_dir / "checkpoints"
+    prefix = "" if stage.name == "student" else f"{stage.name}_"
+    best_path, last_path = ckpt_dir / f"{prefix}best.pt", ckpt_dir / f"{prefix}last.pt"
+    best: float | None = None
+    best_epoch = -1
+    started = time.perf_counter()
+    run.pm.hook.kd_fit_start(run=run)
+    progress = Progress(
+        TextColumn(f"[bold]{stage.name}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not cfg["train"]["progress"],
+        transient=True,
+    )
+    try:
+        with progress:
+            bar = progress.add_task(stage.name, total=run.total_steps, status="")
+            for epoch in range(epochs):
+                run.epoch = epoch
+                run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
+                model.train()
+                loss_sum, batches = 0.0, 0
+                for batch in train_loader:
+                    losses = _train_step(run, model, optimizer, scaler, schedules, to_device(batch, device), use_amp)
+                    loss_sum += losses["total"]
+                    batches += 1
+                    if run.step % cfg["train"]["log_every"] == 0:
+                        run.log.write({"stage": stage.name, "split": "train", "epoch": epoch, "step": run.step, **losses})
+                    run.step += 1
+                    progress.update(bar, advance=1, status=f"loss {losses['total']:.4f}")
+                metrics = task.evaluate(model, val_loader, device)
+                if task.main_metric not in metrics:
+                    raise KeyError(f"task {task.name!r} evaluate() returned no {task.main_metric!r}: {sorted(metrics)}")
+                run.signals["val_metric"] = float(metrics[task.main_metric])
+                run.pm.hook.kd_after_validation(run=run, epoch=epoch, metrics=metrics)
+                record = {"stage": stage.name, "split": "val", "epoch": epoch, "step": run.step}
+                record.update(train_loss=loss_sum / max(1, batches), **metrics)
+                run.pm.hook.kd_epoch_end(run=run, epoch=epoch, metrics=record)
+                run.log.write(record)
+                value = float(metrics[task.main_metric])
+                state = _checkpoint_payload(run, stage, model, optimizer, epoch, metrics)
+                save_checkpoint(last_path, state)
+                if _better(task, value, best):
+                    best, best_epoch = value, epoch
+                    save_checkpoint(best_path, state)
+                console.print(
+                    f"\\[{stage.name}] epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.4f}  "
+                    f"val {task.main_metric} {value:.4f}"
+                )
+                if run.stop_requested:
+                    break
+    finally:
+        if run.hints is not None:
+            run.hints.close()
+    summary = {
+        "stage": stage.name,
+        "split": "stage",
+        "arch": stage.arch,
+        "distilled": stage.distilled,
+        "main_metric": task.main_metric,
+        "best_metric": best,
+        "best_epoch": best_epoch,
+        "epochs": run.epoch + 1,
+        "parameters": count_parameters(model),
+        "seconds": round(time.perf_counter() - started, 3),
+        "checkpoint": str(best_path.relative_to(run.run_dir)),
+    }
+    run.pm.hook.kd_fit_end(run=run, summary=summary)
+    run.log.write(summary)
+    # Hand the best weights on: a teacher or assistant teaches with its best epoch, not its last.
+    model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+    return model
+
+
+def _checkpoint_payload(run: DistillRun, stage: Stage, model: nn.Module, optimizer, epoch: int, metrics) -> dict:
+    return {
+        "stage": stage.name,
+        "arch": stage.arch,
+        "plugin": run.task.plugin,
+        "task": run.task.name,
+        "epoch": epoch,
+        "step": run.step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "data_info": dict(run.data.info),
+    }
+
+
+def _train_step(
+    run: DistillRun,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedules: dict[str, Schedule],
+    batch: Any,
+    use_amp: bool,
+) -> dict[str, float]:
+    task = run.task
+    run.pm.hook.kd_step_start(run=run, step=run.step, batch=batch)
+    inputs, targets = task.split_batch(batch)
+    logged: dict[str, float] = {}
+    with torch.autocast(run.device.type, dtype=torch.float16, enabled=use_amp):
+        outputs = model(inputs)
+        supervised = task.supervised_loss(outputs, targets)
+        if run.distilling:
+            run.temperature = schedules["temperature"](run.progress, run.signals)
+            run.alpha = float(schedules["alpha"](run.progress, run.signals))
+            teacher_outputs = run.pm.hook.kd_soft_targets(run=run, inputs=inputs, batch=batch)
+            terms = run.pm.hook.kd_distill_loss(
+                run=run, student_outputs=outputs, teacher_outputs=teacher_outputs, batch=batch
+            )
+            distill = sum(
+                _term_weight(schedules, name, run) * value for name, value in terms.items()
+            ) if terms else torch.zeros((), device=run.device)
+            total = (1.0 - run.alpha) * supervised + run.alpha * distill
+            logged = {name: float(value) for name, value in terms.items()}
+            agreement = _agreement(outputs, teacher_outputs)
+            if agreement is not None:
+                run.signals["agreement"] = agreement
+            run.signals["loss_ratio"] = float(distill) / max(float(supervised), 1e-12)
+            logged.update(temperature=float(run.temperature), alpha=run.alpha, **run.signals)
+        else:
+            total = supervised
+    if not torch.isfinite(total):
+        raise FloatingPointError(
+            f"stage {run.stage!r} step {run.step}: the loss is {float(total)}; lower the learning rate "
+            f"({run.stage} lr) or check the data"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    clip = run.config["train"]["grad_clip"]
+    if clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    losses = {"total": float(total), "supervised": float(supervised), **logged}
+    run.pm.hook.kd_step_end(run=run, step=run.step, losses=losses)
+    return losses
+
+
+def _term_weight(schedules: Mapping[str, Schedule], name: str, run: DistillRun) -> float | torch.Tensor:
+    schedule = schedules.get(f"weight:{name}")
+    return 1.0 if schedule is None else schedule(run.progress, run.signals)

@@ -1,0 +1,221 @@
+"""The plugin manager: built-in plugins, entry-point plugins (group ``kd``) and what they registered.
+
+``KD_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (an empty value loads none);
+``KD_TRACE_PLUGINS=1`` prints every hook call to stderr. A plugin that fails to import or to register
+is recorded as broken with its error and never stops the others from loading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from importlib import import_module, metadata
+from typing import Any
+
+import pluggy
+
+from kdcore import hookspecs
+from kdcore.tasks import Task
+
+ENTRY_POINT_GROUP = "kd"
+DEFAULT_PLUGINS = ("kdcore.builtin.core", "kdcore.builtin.classify")
+REGISTRATION_HOOKS = ("kd_register_tasks", "kd_register_schedules", "kd_register_losses")
+
+
+class PluginError(RuntimeError):
+    """A plugin or task the user asked for is unknown or broken."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``kd plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    tasks: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager that knows kdcore's hookspecs and nothing else."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    if os.environ.get("KD_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda message: print(message, end="", file=sys.stderr))
+        pm.enable_tracing()
+    return pm
+
+
+def _short_error(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+class Registry:
+    """Every plugin kdcore found and everything they registered: tasks, schedules, losses.
+
+    Use :func:`get_registry` for the process-wide one; tests build their own with ``Registry(...)``.
+    """
+
+    def __init__(self, builtins: Iterable[str] = DEFAULT_PLUGINS, load_entry_points: bool = True) -> None:
+        self.pm = new_plugin_manager()
+        self.plugins: dict[str, PluginInfo] = {}
+        self.tasks: dict[str, dict[str, Task]] = {}
+        self.schedules: dict[str, Callable[..., Any]] = {}
+        self.losses: dict[str, Callable[..., Any]] = {}
+        self._objects: dict[str, object] = {}
+        version = _version("kdcore")
+        for module_name in builtins:
+            name = module_name.rsplit(".", 1)[-1]
+            self._add(name, module_name, "kdcore", version, lambda m=module_name: import_module(m))
+        if load_entry_points:
+            for ep in _allowed_entry_points():
+                dist = ep.dist.name if ep.dist else "?"
+                ver = ep.dist.version if ep.dist else "?"
+                self._add(ep.name, ep.value, dist, ver, ep.load)
+
+    # -- loading -----------------------------------------------------------------------------------
+    def _add(self, name: str, module: str, dist: str, version: str, load: Callable[[], object]) -> None:
+        info = PluginInfo(name=name, distribution=dist, version=version, module=module)
+        self.plugins[name] = info
+        try:
+            obj = load()
+            self.pm.register(obj, name=name)
+        except Exception as exc:
+            info.error = _short_error(exc)
+            return
+        try:
+            staged = self._call_registration_hooks(name, obj)
+        except Exception as exc:
+            self.pm.unregister(obj)
+            info.error = _short_error(exc)
+            return
+        tasks, schedules, losses = staged
+        self.tasks[name] = tasks
+        self.schedules.update(schedules)
+        self.losses.update(losses)
+        self._objects[name] = obj
+        info.tasks = sorted(tasks)
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
+
+    def _call_registration_hooks(self, plugin: str, obj: object) -> tuple[dict, dict, dict]:
+        tasks: dict[str, Task] = {}
+        schedules: dict[str, Callable[..., Any]] = {}
+        losses: dict[str, Callable[..., Any]] = {}
+
+        def register_task(task: Task) -> None:
+            if not isinstance(task, Task):
+                raise TypeError(f"register() expects a kdcore.tasks.Task, got {type(task).__name__}")
+            if task.name in tasks:
+                raise ValueError(f"task {task.name!r} registered twice")
+            tasks[task.name] = replace(task, plugin=plugin)
+
+        def named(kind: str, taken: dict, staged: dict) -> Callable[[str, Callable], None]:
+            def register(name: str, factory: Callable[..., Any]) -> None:
+                if name in taken or name in staged:
+                    raise ValueError(f"{kind} {name!r} is already registered")
+                staged[name] = factory
+
+            return register
+
+        callbacks = {
+            "kd_register_tasks": register_task,
+            "kd_register_schedules": named("schedule", self.schedules, schedules),
+            "kd_register_losses": named("loss", self.losses, losses),
+        }
+        for hook_name in REGISTRATION_HOOKS:
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is obj:
+                    impl.function(register=callbacks[hook_name])
+        return tasks, schedules, losses
+
+    # -- queries -----------------------------------------------------------------------------------
+    def plugin_object(self, name: str) -> object:
+        """The loaded plugin module/object called ``name`` (raises :class:`PluginError`)."""
+        self._check_plugin(name)
+        return self._objects[name]
+
+    def _check_plugin(self, name: str) -> None:
+        info = self.plugins.get(name)
+        if info is None:
+            known = sorted(self.plugins)
+            hint = difflib.get_close_matches(name, known, n=1)
+            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise PluginError(
+                f"no plugin named {name!r}.{suggestion} Installed: {', '.join(known)}. "
+                "Install one with pip, or see `kd plugins`."
+            )
+        if info.broken:
+            raise PluginError(f"plugin {name!r} ({info.distribution} {info.version}) is broken: {info.error}")
+
+    def get_task(self, plugin: str, task: str = "") -> Task:
+        """The task ``task`` of ``plugin``; with ``task=""`` the plugin's only (or first-listed) task."""
+        self._check_plugin(plugin)
+        tasks = self.tasks[plugin]
+        if not tasks:
+            raise PluginError(f"plugin {plugin!r} registers no tasks")
+        if not task:
+            return next(iter(tasks.values()))
+        if task not in tasks:
+            hint = difflib.get_close_matches(task, list(tasks), n=1)
+            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise PluginError(
+                f"plugin {plugin!r} has no task {task!r}.{suggestion} Its tasks: {', '.join(tasks)}"
+            )
+        return tasks[task]
+
+    def run_plugin_manager(self, task: Task, extra_plugins: Iterable[str] = ()) -> pluggy.PluginManager:
+        """A plugin manager for one run: kdcore's core plugin, the task's plugin, then the extras.
+
+        Later registrations are called first, so the task's plugin overrides the core's defaults and an
+        extra plugin overrides both.
+        """
+        pm = new_plugin_manager()
+        for name in dict.fromkeys(["core", task.plugin, *extra_plugins]):
+            pm.register(self.plugin_object(name), name=name)
+        return pm
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _allowed_entry_points() -> list[metadata.EntryPoint]:
+    entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    allow = os.environ.get("KD_LOAD_PLUGINS")
+    if allow is None:
+        return entry_points
+    wanted = {name.strip() for name in allow.split(",") if name.strip()}
+    return [ep for ep in entry_points if ep.name in wanted]
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (tests call this to get a clean plugin manager)."""
+    global _registry
+    _registry = None

@@ -1,0 +1,104 @@
+"""Task: what a plugin registers — how to build the data and the models, and how to score a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from kdcore.losses import hard_label_ce
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The data a task hands to the engine.
+
+    Args:
+        train: the training set; items are whatever ``Task.split_batch`` understands once collated.
+        val: the validation set used for model selection (best checkpoint) and for ``kd eval``.
+        info: facts the model builders need, e.g. ``{"num_classes": 10, "in_channels": 1}``. Plain
+            numbers, strings and lists only: it is stored in every checkpoint.
+        collate_fn: optional collate function for both loaders.
+    """
+
+    train: Dataset
+    val: Dataset
+    info: Mapping[str, Any] = field(default_factory=dict)
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+
+def split_input_target(batch: Any) -> tuple[Any, Any]:
+    """Default batch layout: ``(inputs, targets)`` — what torchvision datasets and TensorDataset yield."""
+    inputs, targets = batch[0], batch[1]
+    return inputs, targets
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of a classifier over ``loader``."""
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for batch in loader:
+        inputs, targets = split_input_target(batch)
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = model(inputs)
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == targets).sum())
+        total += int(targets.numel())
+    if total == 0:
+        raise ValueError("the validation set is empty: nothing to evaluate")
+    return {"accuracy": correct / total, "loss": loss_sum / total}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A distillation task a plugin registers with ``kd_register_tasks``.
+
+    The core knows nothing of the domain: everything domain-specific enters through these fields.
+
+    Args:
+        name: the task's name, unique within its plugin (``kd train --plugin P --task NAME``).
+        description: one line for ``kd tasks``.
+        build_data: ``build_data(config) -> TaskData``; ``config`` is the resolved run configuration (a
+            nested dict). ``config["data"]["path"]`` is the user's ``--data PATH``, or ``""`` for the
+            task's embedded default data set.
+        build_model: ``build_model(arch, info, config) -> nn.Module`` for an architecture name from
+            ``architectures``; ``info`` is ``TaskData.info``.
+        architectures: the architecture names ``build_model`` accepts (checked before any training).
+        defaults: the task's default configuration, merged over kdcore's defaults. Keys under
+            ``options`` are the task's own settings; any other key must be one of kdcore's.
+        evaluate: ``evaluate(model, loader, device) -> {metric: float}``; must include ``main_metric``.
+        main_metric: the metric that picks the best checkpoint.
+        higher_is_better: whether a larger ``main_metric`` is better.
+        supervised_loss: ``supervised_loss(outputs, targets) -> Tensor``, the hard-label loss.
+        split_batch: ``split_batch(batch) -> (inputs, targets)``.
+        plugin: set by kdcore to the name of the plugin that registered the task.
+
+    Example::
+
+        Task(name="digits", description="...", build_data=load_digits, build_model=make_cnn,
+             architectures=("cnn_small", "cnn_large"), defaults={"teacher": {"arch": "cnn_large"}})
+    """
+
+    name: str
+    description: str
+    build_data: Callable[[Mapping[str, Any]], TaskData]
+    build_model: Callable[[str, Mapping[str, Any], Mapping[str, Any]], nn.Module]
+    architectures: Sequence[str]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    evaluate: Callable[[nn.Module, DataLoader, torch.device], dict[str, float]] = evaluate_accuracy
+    main_metric: str = "accuracy"
+    higher_is_better: bool = True
+    supervised_loss: Callable[[Any, Any], torch.Tensor] = hard_label_ce
+    split_batch: Callable[[Any], tuple[Any, Any]] = split_input_target
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"task name {self.name!r} must be non-empty letters, digits, '-' or '_'")
+        if not self.architectures:
+            raise ValueError(f"task {self.name!r} lists no architectures")
