@@ -66,14 +66,20 @@ def _load_config(config_file: str | None, plugin: str | None, task: str | None, 
 
 
 @cli.command()
-@click.option("--plugin", "-p", help="Plugin providing the task (default: from the config file, else classify).")
+@click.option(
+    "--plugin", "-p", help="Plugin providing the task (default: from the config file, else classify)."
+)
 @click.option("--task", "-t", help="Task of the plugin (default: the plugin's first task).")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option(
+    "--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable)."
+)
 @click.option("--data", help="Data set path (default: the task's embedded default data).")
 @click.option("--device", help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--out", "out_dir", help="Directory that holds run directories (default: runs).")
-@click.option("--with", "with_plugins", multiple=True, metavar="PLUGIN", help="Enable another plugin's hooks.")
+@click.option(
+    "--with", "with_plugins", multiple=True, metavar="PLUGIN", help="Enable another plugin's hooks."
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and stop.")
 def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, dry_run) -> None:
     """Train a teacher (unless given) and distil it into a student; write a run directory."""
@@ -118,7 +124,9 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     model = task.build_model(state["arch"], state.get("data_info") or task_data.info, config)
     model.load_state_dict(state["model"])
     model.to(torch_device)
-    loader = DataLoader(task_data.val, batch_size=config["data"]["eval_batch_size"], collate_fn=task_data.collate_fn)
+    loader = DataLoader(
+        task_data.val, batch_size=config["data"]["eval_batch_size"], collate_fn=task_data.collate_fn
+    )
     metrics = task.evaluate(model, loader, torch_device)
     if as_json:
         click.echo(json.dumps(metrics))
@@ -153,7 +161,11 @@ def plugins(as_json) -> None:
     for info in infos:
         status = f"[red]broken: {info.error}[/]" if info.broken else "[green]ok[/]"
         table.add_row(
-            info.name, f"{info.distribution} {info.version}", ", ".join(info.tasks), ", ".join(info.hooks), status
+            info.name,
+            f"{info.distribution} {info.version}",
+            ", ".join(info.tasks),
+            ", ".join(info.hooks),
+            status,
         )
     Console().print(table)
 
@@ -200,7 +212,10 @@ def schedules(ctx) -> None:
 @click.option("--output", "-o", default=None, help="PNG path (default: NAME.png).")
 @click.option("--steps", default=200, show_default=True)
 def schedules_plot(name, sets, output, steps) -> None:
-    """Write a PNG of schedule NAME over training progress, e.g. `kd schedules plot anneal_to_one -s start=8`."""
+    """Write a PNG of schedule NAME over training progress.
+
+    Example: kd schedules plot anneal_to_one -s start=8 -s end_fraction=0.5
+    """
     from kdcore.config import parse_set
 
     spec: dict[str, Any] = {"name": name}

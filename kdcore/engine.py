@@ -54,9 +54,13 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
+        raise RuntimeError(
+            f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but MPS is not available; use --device cpu or auto")
+        raise RuntimeError(
+            f"device {name!r} was asked for but MPS is not available; use --device cpu or auto"
+        )
     return device
 
 
@@ -159,12 +163,16 @@ def make_run_dir(config: Mapping[str, Any], task: Task) -> Path:
     name = config["run_name"] or datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     run_dir = Path(config["out_dir"]) / task.plugin / task.name / name
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} already exists and is not empty; choose another run_name")
+        raise FileExistsError(
+            f"run directory {run_dir} already exists and is not empty; choose another run_name"
+        )
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def fit(config: dict[str, Any], registry: Registry | None = None, console: Console | None = None) -> FitResult:
+def fit(
+    config: dict[str, Any], registry: Registry | None = None, console: Console | None = None
+) -> FitResult:
     """Run every stage of a distillation run described by a resolved ``config``."""
     registry = registry or get_registry()
     console = console or Console()
@@ -200,7 +208,9 @@ def fit(config: dict[str, Any], registry: Registry | None = None, console: Conso
                 continue
             if teacher is None and stage.distilled:
                 teacher = teachers[0] if len(teachers) == 1 else _ensemble(teachers, config, device)
-            model = _train_stage(run, stage, teacher if stage.distilled else None, schedules, hint_specs, console)
+            model = _train_stage(
+                run, stage, teacher if stage.distilled else None, schedules, hint_specs, console
+            )
             if stage.name.startswith("assistant"):
                 teacher = model
         log.write({"split": "run", "seconds": round(time.perf_counter() - started, 2), "device": str(device)})
@@ -221,13 +231,19 @@ def _summary_line(summary: Mapping[str, Any]) -> str:
 def _build_schedules(config: Mapping[str, Any], registry: Registry) -> dict[str, Schedule]:
     distill = config["distill"]
     schedules = {
-        "temperature": build_schedule(distill["temperature"], registry.schedules, where="distill.temperature"),
+        "temperature": build_schedule(
+            distill["temperature"], registry.schedules, where="distill.temperature"
+        ),
         "alpha": build_schedule(distill["alpha"], registry.schedules, where="distill.alpha"),
     }
     for term, spec in distill["weights"].items():
-        schedules[f"weight:{term}"] = build_schedule(spec, registry.schedules, where=f"distill.weights.{term}")
+        schedules[f"weight:{term}"] = build_schedule(
+            spec, registry.schedules, where=f"distill.weights.{term}"
+        )
     if distill["loss"] not in registry.losses:
-        raise ValueError(f"distill.loss {distill['loss']!r} is not one of {', '.join(sorted(registry.losses))}")
+        raise ValueError(
+            f"distill.loss {distill['loss']!r} is not one of {', '.join(sorted(registry.losses))}"
+        )
     return schedules
 
 
@@ -248,7 +264,8 @@ def _teacher_model(run: DistillRun, stage: Stage, schedules: dict, console: Cons
     state = load_checkpoint(path, map_location=run.device)
     if state.get("arch", stage.arch) != stage.arch:
         raise ValueError(
-            f"teacher.checkpoint {path} holds architecture {state['arch']!r}, but teacher.arch is {stage.arch!r}"
+            f"teacher.checkpoint {path} holds architecture {state['arch']!r}, "
+            f"but teacher.arch is {stage.arch!r}"
         )
     model = _build_model(run, stage)
     model.load_state_dict(state["model"])
@@ -264,14 +281,18 @@ def _loaders(run: DistillRun) -> tuple[DataLoader, DataLoader]:
         "collate_fn": run.data.collate_fn,
         "pin_memory": run.device.type == "cuda",
     }
-    train = DataLoader(run.data.train, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **common)
+    train = DataLoader(
+        run.data.train, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **common
+    )
     val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
     if len(train) == 0:
         raise ValueError("the training set is empty: check data.path")
     return train, val
 
 
-def _optimizer(model: nn.Module, extra: list[nn.Parameter], section: Mapping[str, Any]) -> torch.optim.Optimizer:
+def _optimizer(
+    model: nn.Module, extra: list[nn.Parameter], section: Mapping[str, Any]
+) -> torch.optim.Optimizer:
     name = section["optimizer"]
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -353,16 +374,28 @@ def _train_stage(
                 model.train()
                 loss_sum, batches = 0.0, 0
                 for batch in train_loader:
-                    losses = _train_step(run, model, optimizer, scaler, schedules, to_device(batch, device), use_amp)
+                    losses = _train_step(
+                        run, model, optimizer, scaler, schedules, to_device(batch, device), use_amp
+                    )
                     loss_sum += losses["total"]
                     batches += 1
                     if run.step % cfg["train"]["log_every"] == 0:
-                        run.log.write({"stage": stage.name, "split": "train", "epoch": epoch, "step": run.step, **losses})
+                        run.log.write(
+                            {
+                                "stage": stage.name,
+                                "split": "train",
+                                "epoch": epoch,
+                                "step": run.step,
+                                **losses,
+                            }
+                        )
                     run.step += 1
                     progress.update(bar, advance=1, status=f"loss {losses['total']:.4f}")
                 metrics = task.evaluate(model, val_loader, device)
                 if task.main_metric not in metrics:
-                    raise KeyError(f"task {task.name!r} evaluate() returned no {task.main_metric!r}: {sorted(metrics)}")
+                    raise KeyError(
+                        f"task {task.name!r} evaluate() returned no {task.main_metric!r}: {sorted(metrics)}"
+                    )
                 run.signals["val_metric"] = float(metrics[task.main_metric])
                 run.pm.hook.kd_after_validation(run=run, epoch=epoch, metrics=metrics)
                 record = {"stage": stage.name, "split": "val", "epoch": epoch, "step": run.step}
@@ -404,7 +437,9 @@ def _train_stage(
     return model
 
 
-def _checkpoint_payload(run: DistillRun, stage: Stage, model: nn.Module, optimizer, epoch: int, metrics) -> dict:
+def _checkpoint_payload(
+    run: DistillRun, stage: Stage, model: nn.Module, optimizer, epoch: int, metrics
+) -> dict:
     return {
         "stage": stage.name,
         "arch": stage.arch,
@@ -442,21 +477,23 @@ def _train_step(
             terms = run.pm.hook.kd_distill_loss(
                 run=run, student_outputs=outputs, teacher_outputs=teacher_outputs, batch=batch
             )
-            distill = sum(
-                _term_weight(schedules, name, run) * value for name, value in terms.items()
-            ) if terms else torch.zeros((), device=run.device)
+            distill = (
+                sum(_term_weight(schedules, name, run) * value for name, value in terms.items())
+                if terms
+                else torch.zeros((), device=run.device)
+            )
             total = (1.0 - run.alpha) * supervised + run.alpha * distill
-            logged = {name: float(value) for name, value in terms.items()}
+            logged = {name: _scalar(value) for name, value in terms.items()}
             agreement = _agreement(outputs, teacher_outputs)
             if agreement is not None:
                 run.signals["agreement"] = agreement
-            run.signals["loss_ratio"] = float(distill) / max(float(supervised), 1e-12)
-            logged.update(temperature=float(run.temperature), alpha=run.alpha, **run.signals)
+            run.signals["loss_ratio"] = _scalar(distill) / max(_scalar(supervised), 1e-12)
+            logged.update(temperature=_scalar(run.temperature), alpha=run.alpha, **run.signals)
         else:
             total = supervised
     if not torch.isfinite(total):
         raise FloatingPointError(
-            f"stage {run.stage!r} step {run.step}: the loss is {float(total)}; lower the learning rate "
+            f"stage {run.stage!r} step {run.step}: the loss is {_scalar(total)}; lower the learning rate "
             f"({run.stage} lr) or check the data"
         )
     optimizer.zero_grad(set_to_none=True)
@@ -467,9 +504,13 @@ def _train_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     scaler.step(optimizer)
     scaler.update()
-    losses = {"total": float(total), "supervised": float(supervised), **logged}
+    losses = {"total": _scalar(total), "supervised": _scalar(supervised), **logged}
     run.pm.hook.kd_step_end(run=run, step=run.step, losses=losses)
     return losses
+
+
+def _scalar(value: float | torch.Tensor) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _term_weight(schedules: Mapping[str, Schedule], name: str, run: DistillRun) -> float | torch.Tensor:

@@ -52,7 +52,9 @@ def parse_hints(entries: Sequence[Mapping[str, Any]]) -> list[HintSpec]:
             raise ValueError(f"{where} must be a table like {{student = 'layer2', teacher = 'layer3'}}")
         unknown = set(entry) - _HINT_KEYS
         if unknown:
-            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid keys: {sorted(_HINT_KEYS)}")
+            raise ValueError(
+                f"{where} has unknown key(s) {sorted(unknown)}; valid keys: {sorted(_HINT_KEYS)}"
+            )
         for key in ("student", "teacher"):
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise ValueError(f"{where}.{key} must name a module (a dotted path such as 'layer2.1')")

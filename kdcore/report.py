@@ -78,7 +78,9 @@ def _series(records: Iterable[dict[str, Any]], split: str, key: str) -> dict[str
     return dict(out)
 
 
-def _plot(path: Path, title: str, xlabel: str, panels: list[tuple[str, dict[str, tuple[list, list]]]]) -> Path:
+def _plot(
+    path: Path, title: str, xlabel: str, panels: list[tuple[str, dict[str, tuple[list, list]]]]
+) -> Path:
     fig = Figure(figsize=(6.4, 3.2 * len(panels)))
     for i, (ylabel, series) in enumerate(panels, 1):
         ax = fig.add_subplot(len(panels), 1, i)
@@ -100,13 +102,18 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
     summary = build_summary(records)
     report = run_dir / "report"
     metric = summary["main_metric"] or "metric"
-    _plot(report / "losses.png", "training loss", "step", [("total loss", _series(records, "train", "total"))])
+    _plot(
+        report / "losses.png", "training loss", "step", [("total loss", _series(records, "train", "total"))]
+    )
     _plot(report / "metric.png", f"validation {metric}", "epoch", [(metric, _series(records, "val", metric))])
     _plot(
         report / "schedules.png",
         "values used during distillation",
         "step",
-        [("temperature", _series(records, "train", "temperature")), ("alpha", _series(records, "train", "alpha"))],
+        [
+            ("temperature", _series(records, "train", "temperature")),
+            ("alpha", _series(records, "train", "alpha")),
+        ],
     )
     atomic_write_text(report / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

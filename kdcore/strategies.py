@@ -57,7 +57,9 @@ def plan_stages(config: Mapping[str, Any]) -> list[Stage]:
     if strategy == "ensemble" and not extra:
         raise ValueError("distill.strategy = 'ensemble' needs at least one distill.extra_teachers entry")
     if strategy != "ensemble" and extra:
-        raise ValueError(f"distill.extra_teachers is set but distill.strategy is {strategy!r}, not 'ensemble'")
+        raise ValueError(
+            f"distill.extra_teachers is set but distill.strategy is {strategy!r}, not 'ensemble'"
+        )
     if strategy == "assistant_chain" and not assistants:
         raise ValueError("distill.strategy = 'assistant_chain' needs at least one distill.assistants entry")
     if strategy != "assistant_chain" and assistants:
@@ -71,7 +73,9 @@ def plan_stages(config: Mapping[str, Any]) -> list[Stage]:
 
     stages = [Stage("teacher", config["teacher"]["arch"], "teacher", distilled=False)]
     stages += [Stage(f"teacher{i + 2}", arch, "teacher", distilled=False) for i, arch in enumerate(extra)]
-    stages += [Stage(f"assistant{i + 1}", arch, "student", distilled=True) for i, arch in enumerate(assistants)]
+    stages += [
+        Stage(f"assistant{i + 1}", arch, "student", distilled=True) for i, arch in enumerate(assistants)
+    ]
     stages.append(Stage("student", config["student"]["arch"], "student", distilled=True))
     if distill["baseline"]:
         stages.append(Stage("baseline", config["student"]["arch"], "student", distilled=False))
@@ -95,7 +99,9 @@ class EnsembleTeacher(nn.Module):
             raise ValueError("EnsembleTeacher needs at least one teacher")
         weights = list(weights) or [1.0] * len(teachers)
         if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"teacher weights {weights} must be {len(teachers)} non-negative numbers, not all 0")
+            raise ValueError(
+                f"teacher weights {weights} must be {len(teachers)} non-negative numbers, not all 0"
+            )
         self.teachers = nn.ModuleList(teachers)
         total = float(sum(weights))
         self.register_buffer("weights", torch.tensor([w / total for w in weights]))

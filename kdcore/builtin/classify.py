@@ -26,8 +26,11 @@ from kdcore.tasks import Task, TaskData
 
 DIGITS_DEFAULTS: dict[str, Any] = {
     "teacher": {"arch": "cnn_large", "epochs": 12, "lr": 2e-3},
-    "student": {"arch": "cnn_small", "epochs": 12, "lr": 5e-3},
-    "distill": {"temperature": {"name": "constant", "value": 4.0}, "alpha": {"name": "constant", "value": 0.9}},
+    "student": {"arch": "cnn_small", "epochs": 30, "lr": 5e-3},
+    "distill": {
+        "temperature": {"name": "constant", "value": 4.0},
+        "alpha": {"name": "constant", "value": 0.5},
+    },
     "data": {"batch_size": 64},
     "options": {"image_size": 32, "channels": 3, "val_fraction": 0.2, "train_fraction": 1.0},
 }
@@ -82,13 +85,19 @@ def load_image_folder(config: Mapping[str, Any]) -> TaskData:
     size, channels = options["image_size"], options["channels"]
     if channels not in (1, 3):
         raise ValueError(f"options.channels must be 1 or 3, got {channels}")
-    steps = [transforms.Grayscale(channels)] if channels == 1 else [transforms.Lambda(lambda im: im.convert("RGB"))]
+    steps = (
+        [transforms.Grayscale(channels)]
+        if channels == 1
+        else [transforms.Lambda(lambda im: im.convert("RGB"))]
+    )
     transform = transforms.Compose([*steps, transforms.Resize((size, size)), transforms.ToTensor()])
     if (root / "train").is_dir() and (root / "val").is_dir():
         train = datasets.ImageFolder(str(root / "train"), transform=transform)
         val = datasets.ImageFolder(str(root / "val"), transform=transform)
         if train.classes != val.classes:
-            raise ValueError(f"{root}/train and {root}/val have different class folders: {train.classes} vs {val.classes}")
+            raise ValueError(
+                f"{root}/train and {root}/val have different class folders: {train.classes} vs {val.classes}"
+            )
         train_idx = _limit(list(range(len(train))), options["train_fraction"], config["seed"])
         train = Subset(train, train_idx)
         classes = val.classes
@@ -97,7 +106,12 @@ def load_image_folder(config: Mapping[str, Any]) -> TaskData:
         train_idx, val_idx = _split_indices(len(full), options["val_fraction"])
         train_idx = _limit(train_idx, options["train_fraction"], config["seed"])
         train, val, classes = Subset(full, train_idx), Subset(full, val_idx), full.classes
-    info = {"num_classes": len(classes), "in_channels": channels, "image_size": size, "classes": list(classes)}
+    info = {
+        "num_classes": len(classes),
+        "in_channels": channels,
+        "image_size": size,
+        "classes": list(classes),
+    }
     return TaskData(train=train, val=val, info=info)
 
 
@@ -125,7 +139,11 @@ def write_digits_imagefolder(root: str | Path, val_fraction: float = 0.2) -> Pat
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SmallCNN(nn.Module):
@@ -147,7 +165,11 @@ class LargeCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            *_conv(in_channels, 64), *_conv(64, 64), nn.MaxPool2d(2, ceil_mode=True), *_conv(64, 128), *_conv(128, 128)
+            *_conv(in_channels, 64),
+            *_conv(64, 64),
+            nn.MaxPool2d(2, ceil_mode=True),
+            *_conv(64, 128),
+            *_conv(128, 128),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, num_classes))
@@ -162,7 +184,9 @@ def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -
 
     c, k, size = info["in_channels"], info["num_classes"], info["image_size"]
     if arch == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(c * size * size, 32), nn.ReLU(inplace=True), nn.Linear(32, k))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(c * size * size, 32), nn.ReLU(inplace=True), nn.Linear(32, k)
+        )
     if arch == "cnn_small":
         return SmallCNN(c, k)
     if arch == "cnn_large":

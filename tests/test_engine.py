@@ -1,0 +1,280 @@
+"""The training loop, end to end on the scikit-learn digits with tiny models."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+import tomllib
+
+import pytest
+import torch
+from rich.console import Console
+
+from kdcore.config import resolve
+from kdcore.engine import fit, select_device
+from kdcore.plugins import Registry
+from kdcore.report import read_metrics
+from kdcore.strategies import EnsembleTeacher, plan_stages
+
+QUIET = Console(file=io.StringIO())
+
+
+def tiny_config(tmp_path, *sets: str, **overrides):
+    """Digits, MLP student, small teacher, few epochs: about a second per stage on a CPU."""
+    registry = Registry(load_entry_points=False)
+    task = registry.get_task("classify", "digits")
+    base = [
+        'teacher.arch="cnn_small"',
+        'student.arch="mlp"',
+        "teacher.epochs=3",
+        "teacher.lr=0.01",
+        "student.lr=0.01",
+        "student.epochs=2",
+        "options.train_fraction=0.5",
+        "train.progress=false",
+        "train.log_every=1",
+        'device="cpu"',
+    ]
+    overrides = {"out_dir": str(tmp_path / "runs"), **overrides}
+    return resolve(task.defaults, sets=[*base, *sets], overrides=overrides)
+
+
+def records(run_dir, split=None, stage=None):
+    return [
+        r
+        for r in read_metrics(run_dir)
+        if (split is None or r.get("split") == split) and (stage is None or r.get("stage") == stage)
+    ]
+
+
+def test_fit_writes_a_complete_run_directory(tmp_path):
+    config = tiny_config(tmp_path)
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    run_dir = result.run_dir
+    assert run_dir.parent == tmp_path / "runs" / "classify" / "digits"
+    assert tomllib.loads((run_dir / "config.toml").read_text()) == config
+    for name in ("best.pt", "last.pt", "teacher_best.pt", "teacher_last.pt", "baseline_best.pt"):
+        assert (run_dir / "checkpoints" / name).stat().st_size > 0, name
+    for name in ("losses.png", "metric.png", "schedules.png"):
+        assert (run_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary == result.summary
+    assert list(summary["stages"]) == ["teacher", "student", "baseline"]
+    assert summary["main_metric"] == "accuracy"
+    assert summary["student_minus_baseline"] == pytest.approx(
+        summary["stages"]["student"]["best_metric"] - summary["stages"]["baseline"]["best_metric"]
+    )
+    assert not list(run_dir.rglob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_student_learns_from_the_teacher(tmp_path):
+    config = tiny_config(tmp_path, "student.epochs=4")
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    train = records(result.run_dir, "train", "student")
+    first, last = train[0], train[-5:]
+    for term in ("supervised", "kd", "total"):
+        assert sum(r[term] for r in last) / len(last) < 0.7 * first[term], term
+    assert all("kd" in r and "supervised" in r for r in train)
+    assert result.summary["stages"]["student"]["best_metric"] > 0.5  # chance is 0.1
+    assert result.summary["stages"]["teacher"]["best_metric"] > 0.5
+
+
+def test_the_values_used_follow_the_schedules(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        'distill.temperature={name="anneal_to_one", start=8.0, end_fraction=0.5}',
+        'distill.alpha={name="linear", start=1.0, end=0.0}',
+        "distill.baseline=false",
+    )
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    train = records(result.run_dir, "train", "student")
+    total = len(train)
+    assert train[0]["temperature"] == pytest.approx(8.0)
+    assert train[0]["alpha"] == pytest.approx(1.0)
+    assert all(r["temperature"] == pytest.approx(1.0) for r in train if r["step"] >= total / 2)
+    temps = [r["temperature"] for r in train]
+    assert temps == sorted(temps, reverse=True)
+    assert train[-1]["alpha"] < 0.1
+    assert "temperature" not in records(result.run_dir, "train", "teacher")[0]
+
+
+def test_learnable_temperature_is_trained_within_its_bounds(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        'distill.temperature={name="learnable", initial=4.0, min_value=1.0, max_value=10.0}',
+        "distill.baseline=false",
+        "student.lr=0.05",
+    )
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    temps = [r["temperature"] for r in records(result.run_dir, "train", "student")]
+    assert temps[0] == pytest.approx(4.0, abs=1e-4)
+    assert abs(temps[-1] - temps[0]) > 1e-3, "the temperature parameter must receive gradient steps"
+    assert all(1.0 <= t <= 10.0 for t in temps)
+
+
+def test_assistant_chain_trains_each_link(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        'distill.strategy="assistant_chain"',
+        'distill.assistants=["cnn_small"]',
+        'teacher.arch="cnn_large"',
+    )
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    assert list(result.summary["stages"]) == ["teacher", "assistant1", "student", "baseline"]
+    assert (result.run_dir / "checkpoints" / "assistant1_best.pt").is_file()
+    assert "kd" in records(result.run_dir, "train", "assistant1")[0]
+
+
+def test_ensemble_of_teachers(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        'distill.strategy="ensemble"',
+        'distill.extra_teachers=["mlp"]',
+        "distill.teacher_weights=[3.0, 1.0]",
+        "distill.baseline=false",
+    )
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    assert list(result.summary["stages"]) == ["teacher", "teacher2", "student"]
+    assert result.summary["stages"]["student"]["best_metric"] > 0.3
+
+
+def test_ensemble_teacher_averages_logits_with_normalised_weights():
+    a, b = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    x = torch.randn(4, 2)
+    ensemble = EnsembleTeacher([a, b], [3.0, 1.0])
+    assert torch.allclose(ensemble(x), 0.75 * a(x) + 0.25 * b(x))
+    with pytest.raises(ValueError, match="non-negative"):
+        EnsembleTeacher([a, b], [1.0, -1.0])
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (['distill.strategy="ensemble"'], "distill.extra_teachers"),
+        (['distill.strategy="assistant_chain"'], "distill.assistants"),
+        (['distill.assistants=["mlp"]'], "distill.strategy"),
+        (['distill.strategy="online"'], "offline, assistant_chain, ensemble"),
+        (
+            [
+                'distill.strategy="ensemble"',
+                'distill.extra_teachers=["mlp"]',
+                "distill.teacher_weights=[1.0]",
+            ],
+            "2 teachers",
+        ),
+    ],
+)
+def test_plan_stages_rejects_inconsistent_strategies(tmp_path, sets, message):
+    with pytest.raises(ValueError, match=message):
+        plan_stages(tiny_config(tmp_path, *sets))
+
+
+def test_feature_hints_add_logged_terms_and_remove_their_hooks(tmp_path, monkeypatch):
+    plugin = tmp_path / "hint_probe.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            from kdcore import hookimpl
+            SEEN = []
+
+            @hookimpl
+            def kd_fit_end(run, summary):
+                SEEN.append((run.stage, run.student, run.teacher))
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(
+        builtins=("kdcore.builtin.core", "kdcore.builtin.classify", "hint_probe"), load_entry_points=False
+    )
+    config = tiny_config(
+        tmp_path,
+        'student.arch="cnn_small"',
+        'teacher.arch="cnn_large"',
+        'distill.hints=[{student="features.2", teacher="features.5", loss="hint"}, '
+        '{student="features.5", teacher="features.12", loss="attention", weight=2.0}]',
+        "distill.baseline=false",
+        with_plugins=["hint_probe"],
+    )
+    result = fit(config, registry, console=QUIET)
+    train = records(result.run_dir, "train", "student")
+    assert {"hint:features.2", "attention:features.5", "kd"} <= set(train[0])
+    assert train[-1]["hint:features.2"] < train[0]["hint:features.2"], (
+        "the adapter and student learn the hint"
+    )
+    import hint_probe
+
+    stage, student, teacher = hint_probe.SEEN[-1]
+    assert stage == "student"
+    assert all(not m._forward_hooks for m in student.modules())
+    assert all(not m._forward_hooks for m in teacher.modules())
+
+
+def test_unknown_hint_module_names_the_module_and_suggests(tmp_path):
+    config = tiny_config(
+        tmp_path, 'student.arch="cnn_small"', 'distill.hints=[{student="feature.2", teacher="features.2"}]'
+    )
+    with pytest.raises(ValueError, match=r"did you mean 'features\.2'"):
+        fit(config, Registry(load_entry_points=False), console=QUIET)
+
+
+def test_a_trained_teacher_is_reused_from_its_checkpoint(tmp_path):
+    first = fit(
+        tiny_config(tmp_path, "distill.baseline=false"), Registry(load_entry_points=False), console=QUIET
+    )
+    checkpoint = str(first.run_dir / "checkpoints" / "teacher_best.pt")
+    config = tiny_config(tmp_path, "distill.baseline=false", f'teacher.checkpoint="{checkpoint}"')
+    second = fit(config, Registry(load_entry_points=False), console=QUIET)
+    assert list(second.summary["stages"]) == ["student"]
+    assert not records(second.run_dir, stage="teacher")
+    wrong = tiny_config(tmp_path, 'teacher.arch="mlp"', f'teacher.checkpoint="{checkpoint}"')
+    with pytest.raises(ValueError, match="holds architecture 'cnn_small'"):
+        fit(wrong, Registry(load_entry_points=False), console=QUIET)
+
+
+def test_same_seed_same_results(tmp_path):
+    runs = [
+        fit(
+            tiny_config(tmp_path / str(i), "distill.baseline=false"),
+            Registry(load_entry_points=False),
+            console=QUIET,
+        )
+        for i in range(2)
+    ]
+    losses = [[r["total"] for r in records(run.run_dir, "train")] for run in runs]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_student_and_baseline_start_from_the_same_weights(tmp_path):
+    config = tiny_config(tmp_path, "student.epochs=1", "distill.alpha=0.0")
+    result = fit(config, Registry(load_entry_points=False), console=QUIET)
+    # With alpha = 0 the distillation term has no weight: the student *is* the baseline.
+    student = [r["supervised"] for r in records(result.run_dir, "train", "student")]
+    baseline = [r["supervised"] for r in records(result.run_dir, "train", "baseline")]
+    assert student == pytest.approx(baseline, rel=1e-5)
+
+
+def test_unknown_architecture_is_rejected_before_training(tmp_path):
+    config = tiny_config(tmp_path, 'student.arch="resnet9000"')
+    with pytest.raises(ValueError, match=r"student.arch 'resnet9000'.*mlp, cnn_small"):
+        fit(config, Registry(load_entry_points=False), console=QUIET)
+    assert not (tmp_path / "runs").exists(), "nothing is written for a config that cannot run"
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    config = tiny_config(tmp_path, "distill.baseline=false", 'run_name="fixed"')
+    fit(config, Registry(load_entry_points=False), console=QUIET)
+    with pytest.raises(FileExistsError, match="fixed"):
+        fit(config, Registry(load_entry_points=False), console=QUIET)
+
+
+def test_select_device(monkeypatch):
+    assert select_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        select_device("cuda")
