@@ -105,10 +105,7 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any], source: str, 
             _check_schedule_spec(path, value, source)
             continue
         if key not in schema:
-            valid = [f"{prefix}{k}" for k in schema]
-            hint = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys here: {', '.join(valid)}"
-            raise ConfigError(f"unknown key {path!r} in {source}{suggestion}")
+            raise ConfigError(f"unknown key {path!r} in {source}{_unknown_key_hint(key, schema, prefix)}")
         expected = schema[key]
         if isinstance(expected, Mapping):
             if not isinstance(value, Mapping):
@@ -119,6 +116,16 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any], source: str, 
             raise ConfigError(
                 f"{path!r} in {source} must be {_type_name(expected)}, got {_type_name(value)} ({value!r})"
             )
+
+
+def _unknown_key_hint(key: str, schema: Mapping[str, Any], prefix: str) -> str:
+    # Match the key against its siblings only: a shared table prefix ("student.") is no evidence.
+    hint = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
+    if hint:
+        return f"; did you mean {prefix + hint[0]!r}?"
+    if not schema:
+        return f"; {prefix.rstrip('.') or 'this table'} takes no keys"
+    return f"; valid keys here: {', '.join(prefix + k for k in schema)}"
 
 
 def _check_schedule_spec(path: str, value: Any, source: str) -> None:

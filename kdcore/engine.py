@@ -352,6 +352,7 @@ def _train_stage(
     best_path, last_path = ckpt_dir / f"{prefix}best.pt", ckpt_dir / f"{prefix}last.pt"
     best: float | None = None
     best_epoch = -1
+    value = float("nan")
     started = time.perf_counter()
     run.pm.hook.kd_fit_start(run=run)
     progress = Progress(
@@ -425,6 +426,7 @@ def _train_stage(
         "main_metric": task.main_metric,
         "best_metric": best,
         "best_epoch": best_epoch,
+        "final_metric": value,
         "epochs": run.epoch + 1,
         "parameters": count_parameters(model),
         "seconds": round(time.perf_counter() - started, 3),
