@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -22,6 +23,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -68,7 +70,8 @@ def main() -> None:
     result = {
         "benchmark": "classify_kd_vs_baseline",
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}".strip(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
         "teacher": {
             "arch": config["teacher"]["arch"],
             "accuracy": teacher_run.summary["stages"]["teacher"]["best_metric"],
@@ -85,7 +88,11 @@ def main() -> None:
         "ties": sum(r["kd"] == r["no_kd"] for r in rows),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    table = Table(title=f"digits: {result['student']} student, teacher {result['teacher']}")
+    teacher = result["teacher"]
+    title = (
+        f"digits: {result['student']} student, {teacher['arch']} teacher (val acc {teacher['accuracy']:.3f})"
+    )
+    table = Table(title=title)
     for column in ("seed", "KD best", "no-KD best", "KD final", "no-KD final"):
         table.add_column(column, justify="right")
     for r in rows:

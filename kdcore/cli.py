@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kdcore.checkpoint import CheckpointError, load_checkpoint
@@ -62,7 +63,11 @@ def _load_config(config_file: str | None, plugin: str | None, task: str | None, 
     task_name = task if task is not None else file_config.get("task", "")
     task_obj = get_registry().get_task(plugin, task_name)
     overrides = {**overrides, "plugin": plugin, "task": task_obj.name}
-    return resolve(task_obj.defaults, file_config, config_file or "", sets, overrides)
+    config = resolve(task_obj.defaults, file_config, config_file or "", sets, overrides)
+    # Check --with plugins now: fit() would only find an unknown one after creating the run directory.
+    for name in config["with_plugins"]:
+        get_registry().plugin_object(name)
+    return config
 
 
 @cli.command()
@@ -85,7 +90,8 @@ def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, 
     """Train a teacher (unless given) and distil it into a student; write a run directory."""
     overrides: dict[str, Any] = {}
     if data is not None:
-        overrides.setdefault("data", {})["path"] = data
+        # Stored absolute, so `kd eval RUN_DIR` and `kd train -c RUN_DIR/config.toml` work from anywhere.
+        overrides.setdefault("data", {})["path"] = os.path.abspath(data)
     if device is not None:
         overrides["device"] = device
     if out_dir is not None:
@@ -98,7 +104,8 @@ def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, 
         return
     from kdcore.engine import fit
 
-    fit(config)
+    # soft_wrap: long paths (the run directory) print on one line even when stdout is not a terminal.
+    fit(config, console=Console(soft_wrap=True))
 
 
 @cli.command("eval")
@@ -116,7 +123,7 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     run_path = Path(run_dir)
     config = read_toml(run_path / "config.toml")
     if data is not None:
-        config["data"]["path"] = data
+        config["data"]["path"] = os.path.abspath(data)
     task = get_registry().get_task(config["plugin"], config["task"])
     state = load_checkpoint(run_path / checkpoint)
     torch_device = select_device(device)
@@ -131,11 +138,11 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     if as_json:
         click.echo(json.dumps(metrics))
         return
-    table = Table(title=f"{run_path} — {checkpoint} ({state['arch']})")
+    table = Table(title=escape(f"{run_path} — {checkpoint} ({state['arch']})"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(escape(name), f"{value:.4f}")
     Console().print(table)
 
 
@@ -159,12 +166,13 @@ def plugins(as_json) -> None:
     for column in ("name", "distribution", "tasks", "hooks", "status"):
         table.add_column(column, overflow="fold")
     for info in infos:
-        status = f"[red]broken: {info.error}[/]" if info.broken else "[green]ok[/]"
+        # Names, descriptions and errors are plain text: "[x]" in them is not rich markup.
+        status = f"[red]broken: {escape(str(info.error))}[/]" if info.broken else "[green]ok[/]"
         table.add_row(
-            info.name,
-            f"{info.distribution} {info.version}",
-            ", ".join(info.tasks),
-            ", ".join(info.hooks),
+            escape(info.name),
+            escape(f"{info.distribution} {info.version}"),
+            escape(", ".join(info.tasks)),
+            escape(", ".join(info.hooks)),
             status,
         )
     Console().print(table)
@@ -185,7 +193,12 @@ def tasks(plugin, defaults) -> None:
         registry.plugin_object(name)
         for task in registry.tasks[name].values():
             chosen.append(task)
-            table.add_row(name, task.name, task.description, ", ".join(task.architectures))
+            table.add_row(
+                escape(name),
+                escape(task.name),
+                escape(task.description),
+                escape(", ".join(task.architectures)),
+            )
     Console().print(table)
     if defaults:
         for task in chosen:
@@ -202,7 +215,7 @@ def schedules(ctx) -> None:
     table.add_column("name")
     table.add_column("description", overflow="fold")
     for name, factory in sorted(get_registry().schedules.items()):
-        table.add_row(name, describe_schedule(factory))
+        table.add_row(escape(name), escape(describe_schedule(factory)))
     Console().print(table)
 
 

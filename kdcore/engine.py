@@ -21,6 +21,7 @@ import numpy as np
 import pluggy
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -41,6 +42,9 @@ from kdcore.schedules import Schedule, build_schedule
 from kdcore.strategies import EnsembleTeacher, Stage, plan_stages
 from kdcore.tasks import Task, TaskData
 
+#: Keys of a training record that kdcore writes itself; loss terms and signals may not reuse them.
+RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha"})
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
@@ -52,7 +56,10 @@ def select_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto"
@@ -191,13 +198,13 @@ def fit(
     device = select_device(config["device"])
     seed_everything(config["seed"])
     data = task.build_data(config)
+    pm = registry.run_plugin_manager(task, config["with_plugins"])
     run_dir = make_run_dir(config, task)
     write_config(run_dir / "config.toml", config)
-    pm = registry.run_plugin_manager(task, config["with_plugins"])
     log = MetricsLog(run_dir / "metrics.jsonl")
     kd_loss = registry.losses[config["distill"]["loss"]]
     run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss)
-    console.print(f"[bold]kd[/] {task.plugin}/{task.name} on {device} → {run_dir}")
+    console.print(f"[bold]kd[/] {escape(f'{task.plugin}/{task.name} on {device} → {run_dir}')}")
     started = time.perf_counter()
     try:
         teachers: list[nn.Module] = []
@@ -218,7 +225,7 @@ def fit(
         log.close()
     summary = write_report(run_dir)
     console.print(_summary_line(summary))
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run directory: {run_dir}", markup=False, soft_wrap=True)
     return FitResult(run_dir=run_dir, summary=summary)
 
 
@@ -485,6 +492,12 @@ def _train_step(
                 else torch.zeros((), device=run.device)
             )
             total = (1.0 - run.alpha) * supervised + run.alpha * distill
+            clash = RESERVED_LOG_KEYS.intersection(terms).union(RESERVED_LOG_KEYS.intersection(run.signals))
+            if clash:
+                raise ValueError(
+                    f"a kd_distill_loss term or run.signals entry is named {sorted(clash)[0]!r}, "
+                    f"a name kdcore logs itself ({', '.join(sorted(RESERVED_LOG_KEYS))}); rename it"
+                )
             logged = {name: _scalar(value) for name, value in terms.items()}
             agreement = _agreement(outputs, teacher_outputs)
             if agreement is not None:

@@ -8,6 +8,7 @@ is recorded as broken with its error and never stops the others from loading.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import sys
 import traceback
@@ -57,10 +58,23 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+#: Frames that are never the plugin's own line: this module, pluggy's checks and the import machinery.
+_NOT_THE_PLUGIN = (
+    __file__,
+    os.path.dirname(pluggy.__file__),
+    os.path.dirname(importlib.__file__),
+    "<frozen ",
+)
+
+
 def _short_error(exc: BaseException) -> str:
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" ({os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    """``Type: message (file.py:line)`` on one line, the location being the plugin's last line involved."""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_NOT_THE_PLUGIN)
+    ]
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {message}{where}"
 
 
 class Registry:
@@ -89,6 +103,19 @@ class Registry:
     # -- loading -----------------------------------------------------------------------------------
     def _add(self, name: str, module: str, dist: str, version: str, load: Callable[[], object]) -> None:
         info = PluginInfo(name=name, distribution=dist, version=version, module=module)
+        taken = self.plugins.get(name)
+        if taken is not None:
+            # First come keeps the name (built-ins come first): a third-party plugin called "core" or
+            # "classify" must not replace, and so break, the plugin every run relies on.
+            info.error = (
+                f"plugin name {name!r} is already taken by {taken.distribution} {taken.version} "
+                f"({taken.module}); rename this entry point"
+            )
+            key, n = f"{name} ({dist})", 2
+            while key in self.plugins:
+                key, n = f"{name} ({dist} #{n})", n + 1
+            self.plugins[key] = info
+            return
         self.plugins[name] = info
         try:
             obj = load()
@@ -97,6 +124,7 @@ class Registry:
             info.error = _short_error(exc)
             return
         try:
+            _check_hook_names(self.pm, obj)
             staged = self._call_registration_hooks(name, obj)
         except Exception as exc:
             self.pm.unregister(obj)
@@ -186,6 +214,21 @@ class Registry:
         for name in dict.fromkeys(["core", task.plugin, *extra_plugins]):
             pm.register(self.plugin_object(name), name=name)
         return pm
+
+
+def _check_hook_names(pm: pluggy.PluginManager, obj: object) -> None:
+    """Reject a ``@hookimpl`` whose name is no kd hook (a typo would otherwise never be called)."""
+    for caller in pm.get_hookcallers(obj) or []:
+        if caller.has_spec():
+            continue
+        if all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is obj):
+            continue
+        known = [name for name in dir(hookspecs) if name.startswith("kd_")]
+        hint = difflib.get_close_matches(caller.name, known, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(
+            f"{caller.name!r} is not a kd hook{suggestion} (the hooks are in kdcore/hookspecs.py)"
+        )
 
 
 def _version(distribution: str) -> str:

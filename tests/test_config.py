@@ -49,7 +49,10 @@ def test_later_set_items_win_over_earlier_ones():
 
 def test_resolve_does_not_mutate_its_inputs():
     defaults = copy.deepcopy(DIGITS_DEFAULTS)
-    file_config = {"student": {"lr": 0.1}, "distill": {"temperature": {"name": "linear", "start": 8, "end": 1}}}
+    file_config = {
+        "student": {"lr": 0.1},
+        "distill": {"temperature": {"name": "linear", "start": 8, "end": 1}},
+    }
     file_copy = copy.deepcopy(file_config)
     core_copy = copy.deepcopy(CORE_DEFAULTS)
     resolve(defaults, file_config, "f.toml", ["student.lr=0.3", "distill.temperature.end=2"])
@@ -180,10 +183,16 @@ def test_unknown_option_of_a_task_without_options_says_there_are_none():
     ("item", "message"),
     [
         ("seed='7'", "'seed' in --set seed='7' must be an integer, got a string ('7')"),
-        ("student.epochs=1.5", "'student.epochs' in --set student.epochs=1.5 must be an integer, got a number (1.5)"),
+        (
+            "student.epochs=1.5",
+            "'student.epochs' in --set student.epochs=1.5 must be an integer, got a number (1.5)",
+        ),
         ("seed=true", "'seed' in --set seed=true must be an integer, got a boolean (True)"),
         ("train.amp=1", "'train.amp' in --set train.amp=1 must be a boolean, got an integer (1)"),
-        ('student.lr="fast"', "'student.lr' in --set student.lr=\"fast\" must be a number, got a string ('fast')"),
+        (
+            'student.lr="fast"',
+            "'student.lr' in --set student.lr=\"fast\" must be a number, got a string ('fast')",
+        ),
         ("student.lr=true", "'student.lr' in --set student.lr=true must be a number, got a boolean (True)"),
         ("distill.hints=3", "'distill.hints' in --set distill.hints=3 must be a list, got an integer (3)"),
         ("data=3", "'data' in --set data=3 must be a table, got an integer"),
@@ -236,7 +245,9 @@ def test_temperature_rejects_anything_else_with_an_example(value):
     with pytest.raises(ConfigError) as err:
         resolve_digits(f"distill.temperature={value}")
     message = str(err.value)
-    assert message.startswith(f"'distill.temperature' in --set distill.temperature={value} must be a number or ")
+    assert message.startswith(
+        f"'distill.temperature' in --set distill.temperature={value} must be a number or "
+    )
     assert 'schedule table such as {name = "cosine", start = 4.0, end = 1.0}' in message
 
 
@@ -267,7 +278,9 @@ def test_same_name_schedule_update_merges_with_the_existing_spec():
 
 def test_set_updates_a_schedule_from_the_file_without_losing_its_other_parameters():
     file_config = {"distill": {"temperature": {"name": "linear", "start": 8, "end": 1}}}
-    config = resolve_digits('distill.temperature.name="linear"', "distill.temperature.end=2", file_config=file_config)
+    config = resolve_digits(
+        'distill.temperature.name="linear"', "distill.temperature.end=2", file_config=file_config
+    )
     assert config["distill"]["temperature"] == {"name": "linear", "start": 8, "end": 2}
 
 

@@ -9,6 +9,8 @@ downloaded).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from kdcore.checkpoint import atomic_write
 from kdcore.hookspecs import hookimpl
 from kdcore.tasks import Task, TaskData
 
@@ -120,18 +121,34 @@ def build_data(config: Mapping[str, Any]) -> TaskData:
 
 
 def write_digits_imagefolder(root: str | Path, val_fraction: float = 0.2) -> Path:
-    """Write the scikit-learn digits as 8-bit grayscale PNGs in ``root/{train,val}/<digit>/NNNN.png``."""
+    """Write the scikit-learn digits as 8-bit grayscale PNGs in ``root/{train,val}/<digit>/NNNN.png``.
+
+    The tree is written into a temporary sibling directory and renamed to ``root`` at the end, so an
+    interrupted export leaves no half-written data set; an existing non-empty ``root`` is never touched.
+    """
     from sklearn.datasets import load_digits
 
     root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} already exists and is not an empty directory; choose another path")
+    root.parent.mkdir(parents=True, exist_ok=True)
     digits = load_digits()
     train_idx, val_idx = _split_indices(len(digits.target), val_fraction)
-    for split, indices in (("train", train_idx), ("val", val_idx)):
-        for i in indices:
-            path = root / split / str(digits.target[i]) / f"{i:04d}.png"
-            pixels = np.clip(digits.images[i] * (255.0 / 16.0), 0, 255).astype(np.uint8)
-            image = Image.fromarray(pixels, mode="L")
-            atomic_write(path, lambda fh, im=image: im.save(fh, format="PNG"))
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        for split, indices in (("train", train_idx), ("val", val_idx)):
+            for label in range(10):
+                (staging / split / str(label)).mkdir(parents=True)
+            for i in indices:
+                pixels = np.clip(digits.images[i] * (255.0 / 16.0), 0, 255).astype(np.uint8)
+                path = staging / split / str(digits.target[i]) / f"{i:04d}.png"
+                Image.fromarray(pixels, mode="L").save(path, format="PNG")
+        if root.exists():
+            root.rmdir()
+        staging.rename(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return root
 
 

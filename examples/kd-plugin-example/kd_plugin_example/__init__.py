@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from kdcore import Task, hookimpl
-from kd_plugin_example.data import build_data
-from kd_plugin_example.models import ARCHITECTURES, build_model
+
+from .data import build_data
+from .models import ARCHITECTURES, build_model
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "data": {"batch_size": 32},
     "teacher": {"arch": "mlp_teacher", "epochs": 30, "lr": 1e-2},
     "student": {"arch": "mlp_student", "epochs": 30, "lr": 2e-2},
-    "distill": {"temperature": {"name": "constant", "value": 2.0}, "alpha": {"name": "constant", "value": 0.7}},
+    "distill": {
+        "temperature": {"name": "constant", "value": 2.0},
+        "alpha": {"name": "constant", "value": 0.7},
+    },
     "train": {"log_every": 5},
 }
 

@@ -1,0 +1,246 @@
+"""The distillation hooks during a real (tiny) fit: call order, extra loss terms, metrics, early stop."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+from collections.abc import Callable
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from kdcore import Task, TaskData, hookimpl
+from kdcore.config import resolve
+from kdcore.engine import fit
+from kdcore.plugins import DEFAULT_PLUGINS, Registry
+from kdcore.report import read_metrics
+
+QUIET = Console(file=io.StringIO())
+STEPS_PER_EPOCH = 3  # 45 training points, batches of 15
+
+
+def _data(config) -> TaskData:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 2, generator=generator)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return TaskData(train=TensorDataset(x[:45], y[:45]), val=TensorDataset(x[45:], y[45:]), info={})
+
+
+def _model(arch, info, config) -> nn.Module:
+    return nn.Linear(2, 3) if arch == "linear" else nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+TASK = Task(
+    name="tiny",
+    description="tiny test task",
+    build_data=_data,
+    build_model=_model,
+    architectures=("linear", "mlp"),
+    defaults={
+        "device": "cpu",
+        "teacher": {"arch": "mlp", "epochs": 2, "lr": 0.05},
+        "student": {"arch": "linear", "epochs": 2, "lr": 0.05},
+        "data": {"batch_size": 15},
+        "train": {"progress": False, "log_every": 1},
+        "distill": {"alpha": 0.6},
+    },
+)
+
+
+@hookimpl
+def kd_register_tasks(register):
+    register(TASK)
+
+
+def run_tiny(tmp_path, monkeypatch, *hooks: Callable, sets=(), **overrides):
+    """Fit the tiny task of a plugin ``kdt_hooks`` that also implements ``hooks``."""
+    module = types.ModuleType("kdt_hooks")
+    for hook in (kd_register_tasks, *hooks):
+        setattr(module, hook.__name__, hook)
+    monkeypatch.setitem(sys.modules, "kdt_hooks", module)
+    registry = Registry(builtins=(*DEFAULT_PLUGINS, "kdt_hooks"), load_entry_points=False)
+    assert not registry.plugins["kdt_hooks"].broken, registry.plugins["kdt_hooks"].error
+    config = resolve(
+        TASK.defaults,
+        sets=sets,
+        overrides={"plugin": "kdt_hooks", "task": "tiny", "out_dir": str(tmp_path / "runs"), **overrides},
+    )
+    return fit(config, registry, console=QUIET)
+
+
+def records(run_dir, split: str, stage: str | None = None) -> list[dict]:
+    return [
+        r
+        for r in read_metrics(run_dir)
+        if r.get("split") == split and (stage is None or r.get("stage") == stage)
+    ]
+
+
+def expected_calls(stage: str, epochs: int, distilled: bool) -> list[tuple]:
+    calls: list[tuple] = [(stage, "kd_fit_start")]
+    step = 0
+    for epoch in range(epochs):
+        calls.append((stage, "kd_epoch_start", epoch))
+        for _ in range(STEPS_PER_EPOCH):
+            calls.append((stage, "kd_step_start", step))
+            if distilled:
+                calls += [(stage, "kd_soft_targets", step), (stage, "kd_distill_loss", step)]
+            calls.append((stage, "kd_step_end", step))
+            step += 1
+        calls += [(stage, "kd_after_validation", epoch), (stage, "kd_epoch_end", epoch)]
+    calls.append((stage, "kd_fit_end"))
+    return calls
+
+
+def test_every_distillation_hook_is_called_in_order_per_stage(tmp_path, monkeypatch):
+    calls: list[tuple] = []
+    seen: dict[str, object] = {}
+
+    @hookimpl
+    def kd_fit_start(run):
+        calls.append((run.stage, "kd_fit_start"))
+        seen[f"{run.stage}:teacher"] = run.teacher
+
+    @hookimpl
+    def kd_fit_end(run, summary):
+        calls.append((run.stage, "kd_fit_end"))
+        summary["hooked"] = f"{run.stage} done"
+
+    @hookimpl
+    def kd_epoch_start(run, epoch):
+        calls.append((run.stage, "kd_epoch_start", epoch))
+        assert run.epoch == epoch
+
+    @hookimpl
+    def kd_step_start(run, step, batch):
+        calls.append((run.stage, "kd_step_start", step))
+        assert run.step == step and len(batch[0]) == 15
+
+    @hookimpl
+    def kd_soft_targets(run, inputs, batch):
+        calls.append((run.stage, "kd_soft_targets", run.step))  # returns None: core's default answers
+
+    @hookimpl
+    def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
+        calls.append((run.stage, "kd_distill_loss", run.step))
+        assert teacher_outputs.shape == student_outputs.shape == (15, 3)
+
+    @hookimpl
+    def kd_step_end(run, step, losses):
+        calls.append((run.stage, "kd_step_end", step))
+        assert set(losses) >= {"total", "supervised"}
+
+    @hookimpl
+    def kd_after_validation(run, epoch, metrics):
+        calls.append((run.stage, "kd_after_validation", epoch))
+        assert set(metrics) == {"accuracy", "loss"}
+        assert run.signals["val_metric"] == metrics["accuracy"]
+
+    @hookimpl
+    def kd_epoch_end(run, epoch, metrics):
+        calls.append((run.stage, "kd_epoch_end", epoch))
+        metrics["hooked_epoch"] = epoch * 10
+
+    result = run_tiny(
+        tmp_path,
+        monkeypatch,
+        kd_fit_start,
+        kd_fit_end,
+        kd_epoch_start,
+        kd_step_start,
+        kd_soft_targets,
+        kd_distill_loss,
+        kd_step_end,
+        kd_after_validation,
+        kd_epoch_end,
+        sets=["student.epochs=3"],
+    )
+
+    assert calls == [
+        *expected_calls("teacher", 2, distilled=False),
+        *expected_calls("student", 3, distilled=True),
+        *expected_calls("baseline", 3, distilled=False),
+    ]
+    assert seen["teacher:teacher"] is None and seen["baseline:teacher"] is None
+    assert isinstance(seen["student:teacher"], nn.Module)
+    # What the hooks added lands in metrics.jsonl and in the report.
+    val = records(result.run_dir, "val")
+    assert [r["hooked_epoch"] for r in val] == [0, 10, 0, 10, 20, 0, 10, 20]
+    summary = json.loads((result.run_dir / "report" / "summary.json").read_text())
+    assert {name: s["hooked"] for name, s in summary["stages"].items()} == {
+        "teacher": "teacher done",
+        "student": "student done",
+        "baseline": "baseline done",
+    }
+    # core's default kd_distill_loss answered after this plugin's returned None.
+    assert all("kd" in r for r in records(result.run_dir, "train", "student"))
+
+
+def test_extra_named_distillation_terms_are_logged_and_weighted(tmp_path, monkeypatch):
+    @hookimpl
+    def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
+        return {
+            "kd": run.kd_loss(student_outputs, teacher_outputs, run.temperature),
+            "margin": (student_outputs - teacher_outputs).abs().mean(),
+        }
+
+    result = run_tiny(
+        tmp_path, monkeypatch, kd_distill_loss, sets=["distill.weights.margin=0.25", "distill.baseline=false"]
+    )
+    train = records(result.run_dir, "train", "student")
+    assert len(train) == 2 * STEPS_PER_EPOCH
+    for r in train:
+        assert r["margin"] > 0 and r["kd"] > 0
+        expected = 0.4 * r["supervised"] + 0.6 * (r["kd"] + 0.25 * r["margin"])
+        assert r["total"] == pytest.approx(expected, rel=1e-5)
+    assert train[-1]["margin"] < train[0]["margin"], "the extra term is trained, not only logged"
+    assert not any("margin" in r for r in records(result.run_dir, "train", "teacher"))
+
+
+@pytest.mark.parametrize("hook_name", ["kd_epoch_end", "kd_after_validation"])
+def test_stop_requested_ends_the_stage_after_that_epoch(tmp_path, monkeypatch, hook_name):
+    def stop(run, epoch, metrics):
+        if run.stage == "student":
+            run.stop_requested = True
+
+    stop.__name__ = hook_name
+    result = run_tiny(tmp_path, monkeypatch, hookimpl(stop), sets=["student.epochs=4"])
+
+    stages = result.summary["stages"]
+    assert stages["student"]["epochs"] == 1
+    assert [r["epoch"] for r in records(result.run_dir, "val", "student")] == [0]
+    assert len(records(result.run_dir, "train", "student")) == STEPS_PER_EPOCH
+    # The request ends only that stage: the next one starts afresh with all its epochs.
+    assert stages["teacher"]["epochs"] == 2
+    assert stages["baseline"]["epochs"] == 4
+    assert [r["epoch"] for r in records(result.run_dir, "val", "baseline")] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["total", "supervised", "temperature", "alpha"])
+def test_a_loss_term_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch, name):
+    @hookimpl
+    def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
+        return {name: student_outputs.sum() * 0}
+
+    with pytest.raises(ValueError, match=f"named '{name}', a name kdcore logs itself"):
+        run_tiny(tmp_path, monkeypatch, kd_distill_loss, sets=["teacher.epochs=1"])
+
+
+def test_a_signal_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch):
+    @hookimpl
+    def kd_step_start(run, step, batch):
+        run.signals["alpha"] = 1.0
+
+    with pytest.raises(ValueError, match="named 'alpha'"):
+        run_tiny(tmp_path, monkeypatch, kd_step_start, sets=["teacher.epochs=1"])
+
+
+def test_an_unknown_extra_plugin_fails_before_the_run_directory_exists(tmp_path, monkeypatch):
+    with pytest.raises(Exception, match="no plugin named 'nope'"):
+        run_tiny(tmp_path, monkeypatch, with_plugins=["nope"])
+    assert not (tmp_path / "runs").exists()
