@@ -370,7 +370,7 @@ def _train_stage(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not cfg["train"]["progress"],
+        disable=not (cfg["train"]["progress"] and console.is_terminal),
         transient=True,
     )
     try:

@@ -9,12 +9,11 @@ import types
 from collections.abc import Callable
 
 import pytest
-import torch
 from rich.console import Console
+from tiny import tiny_task
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from kdcore import Task, TaskData, hookimpl
+from kdcore import hookimpl
 from kdcore.config import resolve
 from kdcore.engine import fit
 from kdcore.plugins import DEFAULT_PLUGINS, Registry
@@ -24,32 +23,7 @@ QUIET = Console(file=io.StringIO())
 STEPS_PER_EPOCH = 3  # 45 training points, batches of 15
 
 
-def _data(config) -> TaskData:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 2, generator=generator)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    return TaskData(train=TensorDataset(x[:45], y[:45]), val=TensorDataset(x[45:], y[45:]), info={})
-
-
-def _model(arch, info, config) -> nn.Module:
-    return nn.Linear(2, 3) if arch == "linear" else nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-TASK = Task(
-    name="tiny",
-    description="tiny test task",
-    build_data=_data,
-    build_model=_model,
-    architectures=("linear", "mlp"),
-    defaults={
-        "device": "cpu",
-        "teacher": {"arch": "mlp", "epochs": 2, "lr": 0.05},
-        "student": {"arch": "linear", "epochs": 2, "lr": 0.05},
-        "data": {"batch_size": 15},
-        "train": {"progress": False, "log_every": 1},
-        "distill": {"alpha": 0.6},
-    },
-)
+TASK = tiny_task(distill={"alpha": 0.6})
 
 
 @hookimpl

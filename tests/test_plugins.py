@@ -16,10 +16,9 @@ from importlib import metadata
 import pytest
 import torch
 from rich.console import Console
-from torch import nn
-from torch.utils.data import TensorDataset
+from tiny import tiny_task as shared_tiny_task
 
-from kdcore import Task, TaskData, hookimpl
+from kdcore import Task, hookimpl
 from kdcore.config import resolve
 from kdcore.engine import fit
 from kdcore.plugins import DEFAULT_PLUGINS, PluginError, Registry
@@ -71,37 +70,9 @@ def write_module(tmp_path, monkeypatch, name: str, source: str) -> None:
     importlib.invalidate_caches()
 
 
-def _tiny_data(config) -> TaskData:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 2, generator=generator)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    return TaskData(train=TensorDataset(x[:45], y[:45]), val=TensorDataset(x[45:], y[45:]), info={})
-
-
-def _tiny_model(arch, info, config) -> nn.Module:
-    if arch == "linear":
-        return nn.Linear(2, 3)
-    return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
 def tiny_task(name: str = "tiny") -> Task:
-    """60 points in the plane, 3 steps per epoch, 2 epochs per stage: a fit takes about a second."""
-    defaults = {
-        "device": "cpu",
-        "teacher": {"arch": "mlp", "epochs": 2, "lr": 0.05},
-        "student": {"arch": "linear", "epochs": 2, "lr": 0.05},
-        "data": {"batch_size": 15},
-        "train": {"progress": False, "log_every": 1},
-        "distill": {"baseline": False, "alpha": 0.7},
-    }
-    return Task(
-        name=name,
-        description="tiny test task",
-        build_data=_tiny_data,
-        build_model=_tiny_model,
-        architectures=("linear", "mlp"),
-        defaults=defaults,
-    )
+    """The shared tiny task without the baseline stage: teacher and student only."""
+    return shared_tiny_task(name, distill={"baseline": False, "alpha": 0.7})
 
 
 def tiny_config(tmp_path, registry: Registry, plugin: str, *sets: str, **overrides) -> dict:
