@@ -64,7 +64,7 @@ def _load_config(config_file: str | None, plugin: str | None, task: str | None, 
     task_obj = get_registry().get_task(plugin, task_name)
     overrides = {**overrides, "plugin": plugin, "task": task_obj.name}
     config = resolve(task_obj.defaults, file_config, config_file or "", sets, overrides)
-    # Check --with plugins now: fit() would only find an unknown one after creating the run directory.
+    # Check --with plugins here too, so that --dry-run reports an unknown or broken one.
     for name in config["with_plugins"]:
         get_registry().plugin_object(name)
     return config
