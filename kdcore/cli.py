@@ -134,7 +134,7 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     loader = DataLoader(
         task_data.val, batch_size=config["data"]["eval_batch_size"], collate_fn=task_data.collate_fn
     )
-    metrics = task.evaluate(model, loader, torch_device)
+    metrics = task.evaluate(model, loader, torch_device, config)
     if as_json:
         click.echo(json.dumps(metrics))
         return

@@ -42,8 +42,8 @@ from kdcore.schedules import Schedule, build_schedule
 from kdcore.strategies import EnsembleTeacher, Stage, plan_stages
 from kdcore.tasks import Task, TaskData
 
-#: Keys of a training record that kdcore writes itself; loss terms and signals may not reuse them.
-RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha"})
+#: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
+RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals"})
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -125,7 +125,11 @@ class DistillRun:
         teacher: the model teaching it (None in supervised stages).
         step, total_steps, epoch: position in the stage; ``progress`` is ``step / total_steps``.
         temperature, alpha: the values used at the current step.
-        signals: named floats schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own).
+        signals: named floats schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own);
+            logged with every training record and drawn in ``report/signals.png``.
+        amp: whether this stage's forward passes run under mixed precision (CUDA with ``train.amp``).
+        plugin_state: a scratch dict that lives for the whole run, for plugins' own objects (an online
+            assistant, a cache); key it by plugin name.
         stop_requested: set to True from a hook to end the stage after the current epoch.
     """
 
@@ -148,6 +152,8 @@ class DistillRun:
     alpha: float = 0.0
     signals: dict[str, float] = field(default_factory=dict)
     stop_requested: bool = False
+    amp: bool = False
+    plugin_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
@@ -352,8 +358,8 @@ def _train_stage(
             run.hints = HintTerms.build(hint_specs, model, teacher, probe)
             extra_params += list(run.hints.parameters())
     optimizer = _optimizer(model, extra_params, section)
-    use_amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    run.amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
     ckpt_dir = run.run_dir / "checkpoints"
     prefix = "" if stage.name == "student" else f"{stage.name}_"
     best_path, last_path = ckpt_dir / f"{prefix}best.pt", ckpt_dir / f"{prefix}last.pt"
@@ -382,9 +388,7 @@ def _train_stage(
                 model.train()
                 loss_sum, batches = 0.0, 0
                 for batch in train_loader:
-                    losses = _train_step(
-                        run, model, optimizer, scaler, schedules, to_device(batch, device), use_amp
-                    )
+                    losses = _train_step(run, model, optimizer, scaler, schedules, to_device(batch, device))
                     loss_sum += losses["total"]
                     batches += 1
                     if run.step % cfg["train"]["log_every"] == 0:
@@ -399,7 +403,7 @@ def _train_stage(
                         )
                     run.step += 1
                     progress.update(bar, advance=1, status=f"loss {losses['total']:.4f}")
-                metrics = task.evaluate(model, val_loader, device)
+                metrics = task.evaluate(model, val_loader, device, cfg)
                 if task.main_metric not in metrics:
                     raise KeyError(
                         f"task {task.name!r} evaluate() returned no {task.main_metric!r}: {sorted(metrics)}"
@@ -470,13 +474,12 @@ def _train_step(
     scaler: torch.amp.GradScaler,
     schedules: dict[str, Schedule],
     batch: Any,
-    use_amp: bool,
 ) -> dict[str, float]:
     task = run.task
     run.pm.hook.kd_step_start(run=run, step=run.step, batch=batch)
     inputs, targets = task.split_batch(batch)
     logged: dict[str, float] = {}
-    with torch.autocast(run.device.type, dtype=torch.float16, enabled=use_amp):
+    with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
         outputs = model(inputs)
         supervised = task.supervised_loss(outputs, targets)
         if run.distilling:
@@ -492,18 +495,18 @@ def _train_step(
                 else torch.zeros((), device=run.device)
             )
             total = (1.0 - run.alpha) * supervised + run.alpha * distill
-            clash = RESERVED_LOG_KEYS.intersection(terms).union(RESERVED_LOG_KEYS.intersection(run.signals))
+            clash = RESERVED_LOG_KEYS.intersection(terms)
             if clash:
                 raise ValueError(
-                    f"a kd_distill_loss term or run.signals entry is named {sorted(clash)[0]!r}, "
-                    f"a name kdcore logs itself ({', '.join(sorted(RESERVED_LOG_KEYS))}); rename it"
+                    f"a kd_distill_loss term is named {sorted(clash)[0]!r}, a name kdcore logs itself "
+                    f"({', '.join(sorted(RESERVED_LOG_KEYS))}); rename it"
                 )
             logged = {name: _scalar(value) for name, value in terms.items()}
             agreement = _agreement(outputs, teacher_outputs)
             if agreement is not None:
                 run.signals["agreement"] = agreement
             run.signals["loss_ratio"] = _scalar(distill) / max(_scalar(supervised), 1e-12)
-            logged.update(temperature=_scalar(run.temperature), alpha=run.alpha, **run.signals)
+            logged.update(temperature=_scalar(run.temperature), alpha=run.alpha, signals=dict(run.signals))
         else:
             total = supervised
     if not torch.isfinite(total):

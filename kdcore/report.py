@@ -67,15 +67,27 @@ def _save(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda fh: fh.write(data))
 
 
-def _series(records: Iterable[dict[str, Any]], split: str, key: str) -> dict[str, tuple[list, list]]:
+def _series(
+    records: Iterable[dict[str, Any]], split: str, key: str, table: str | None = None
+) -> dict[str, tuple[list, list]]:
+    """Per stage, the x (step or epoch) and y values of ``record[key]`` (or ``record[table][key]``)."""
     out: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     x_key = "step" if split == "train" else "epoch"
     for record in records:
-        if record.get("split") == split and key in record:
+        values = record.get(table, {}) if table else record
+        if record.get("split") == split and key in values:
             xs, ys = out[record["stage"]]
             xs.append(record[x_key] + (1 if split == "val" else 0))
-            ys.append(record[key])
+            ys.append(values[key])
     return dict(out)
+
+
+def _signal_names(records: Iterable[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for record in records:
+        if record.get("split") == "train":
+            names.update(dict.fromkeys(record.get("signals", {})))
+    return list(names)
 
 
 def _plot(
@@ -96,7 +108,8 @@ def _plot(
 
 
 def write_report(run_dir: str | Path) -> dict[str, Any]:
-    """Draw ``report/losses.png``, ``metric.png``, ``schedules.png`` and write ``summary.json``."""
+    """Draw ``report/losses.png``, ``metric.png``, ``schedules.png``, ``signals.png`` (when a distilled
+    stage logged signals: agreement, loss ratio, validation metric, plugins' own) and ``summary.json``."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     summary = build_summary(records)
@@ -115,5 +128,13 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
             ("alpha", _series(records, "train", "alpha")),
         ],
     )
+    signals = _signal_names(records)
+    if signals:
+        _plot(
+            report / "signals.png",
+            "signals during distillation",
+            "step",
+            [(name, _series(records, "train", name, table="signals")) for name in signals],
+        )
     atomic_write_text(report / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

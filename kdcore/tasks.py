@@ -38,8 +38,10 @@ def split_input_target(batch: Any) -> tuple[Any, Any]:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy of a classifier over ``loader``."""
+def evaluate_accuracy(
+    model: nn.Module, loader: DataLoader, device: torch.device, config: Mapping[str, Any]
+) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of a classifier over ``loader`` (``config`` is not needed)."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
     for batch in loader:
@@ -71,7 +73,9 @@ class Task:
         architectures: the architecture names ``build_model`` accepts (checked before any training).
         defaults: the task's default configuration, merged over kdcore's defaults. Keys under
             ``options`` are the task's own settings; any other key must be one of kdcore's.
-        evaluate: ``evaluate(model, loader, device) -> {metric: float}``; must include ``main_metric``.
+        evaluate: ``evaluate(model, loader, device, config) -> {metric: float}``; must include
+            ``main_metric``. ``config`` is the run's resolved configuration (for options such as a
+            sliding-window size).
         main_metric: the metric that picks the best checkpoint.
         higher_is_better: whether a larger ``main_metric`` is better.
         supervised_loss: ``supervised_loss(outputs, targets) -> Tensor``, the hard-label loss.
@@ -90,7 +94,9 @@ class Task:
     build_model: Callable[[str, Mapping[str, Any], Mapping[str, Any]], nn.Module]
     architectures: Sequence[str]
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    evaluate: Callable[[nn.Module, DataLoader, torch.device], dict[str, float]] = evaluate_accuracy
+    evaluate: Callable[[nn.Module, DataLoader, torch.device, Mapping[str, Any]], dict[str, float]] = (
+        evaluate_accuracy
+    )
     main_metric: str = "accuracy"
     higher_is_better: bool = True
     supervised_loss: Callable[[Any, Any], torch.Tensor] = hard_label_ce

@@ -195,7 +195,7 @@ def test_stop_requested_ends_the_stage_after_that_epoch(tmp_path, monkeypatch, h
     assert [r["epoch"] for r in records(result.run_dir, "val", "baseline")] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ["total", "supervised", "temperature", "alpha"])
+@pytest.mark.parametrize("name", ["total", "supervised", "temperature", "alpha", "signals"])
 def test_a_loss_term_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch, name):
     @hookimpl
     def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
@@ -205,13 +205,17 @@ def test_a_loss_term_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch, nam
         run_tiny(tmp_path, monkeypatch, kd_distill_loss, sets=["teacher.epochs=1"])
 
 
-def test_a_signal_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch):
+def test_signals_are_logged_apart_from_loss_terms_and_plotted(tmp_path, monkeypatch):
     @hookimpl
     def kd_step_start(run, step, batch):
-        run.signals["alpha"] = 1.0
+        run.signals["alpha"] = 0.125 * (1 + run.step)  # a plugin's signal may share a name with a value
 
-    with pytest.raises(ValueError, match="named 'alpha'"):
-        run_tiny(tmp_path, monkeypatch, kd_step_start, sets=["teacher.epochs=1"])
+    result = run_tiny(tmp_path, monkeypatch, kd_step_start, sets=["teacher.epochs=1"])
+    train = records(result.run_dir, "train", "student")
+    assert [r["signals"]["alpha"] for r in train] == [0.125 * (1 + r["step"]) for r in train]
+    assert all(r["alpha"] == 0.6 for r in train)  # the schedule's value is untouched
+    assert {"agreement", "loss_ratio"} <= set(train[0]["signals"])
+    assert (result.run_dir / "report" / "signals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_unknown_extra_plugin_fails_before_the_run_directory_exists(tmp_path, monkeypatch):
