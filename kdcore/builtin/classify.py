@@ -9,8 +9,9 @@ downloaded).
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,9 @@ def write_digits_imagefolder(root: str | Path, val_fraction: float = 0.2) -> Pat
     root.parent.mkdir(parents=True, exist_ok=True)
     digits = load_digits()
     train_idx, val_idx = _split_indices(len(digits.target), val_fraction)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    # mkdir (not tempfile.mkdtemp, which makes the tree private to its owner) honours the umask.
+    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    staging.mkdir()
     try:
         for split, indices in (("train", train_idx), ("val", val_idx)):
             for label in range(10):

@@ -1,0 +1,118 @@
+"""kd-liverct: 3-D liver CT segmentation distilled through a growing teacher assistant (GTAN).
+
+Registers the task ``liverct/liver`` with kdcore (entry point ``liverct`` in the group ``kd``) and the
+distillation hooks that drive the growing assistant (:mod:`kd_liverct.gtan`). Data: an MSD Task03_Liver
+or LiTS folder with ``--data PATH``; without one, a deterministic abdominal CT phantom in the MSD layout
+(:mod:`kd_liverct.phantom`) is written once under ``$KD_DATA_HOME`` (default ``~/.cache/kd``) and read
+back through the same loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kd_liverct import gtan
+from kd_liverct.data import DEFAULT_OPTIONS, build_datasets
+from kd_liverct.metrics import dice_ce_loss, evaluate_segmentation, split_image_label
+from kd_liverct.models import ARCHITECTURES, build_model
+from kdcore import Task, TaskData, hookimpl
+
+__version__ = "0.1.0"
+
+#: The CPU default: a few minutes on 2 cores. BENCHMARKS.md and the README give the GPU-sized config.
+DEFAULTS: dict[str, Any] = {
+    "teacher": {"arch": "unet_teacher_cpu", "epochs": 40, "lr": 3e-3},
+    "student": {"arch": "unet_100k", "epochs": 40, "lr": 3e-3},
+    "data": {"batch_size": 2, "eval_batch_size": 1},
+    "distill": {
+        "loss": "dense_kl",
+        "temperature": {"name": "constant", "value": 2.0},
+        "alpha": {"name": "constant", "value": 0.5},
+    },
+    "train": {"log_every": 5},
+    "options": {
+        **DEFAULT_OPTIONS,
+        "spacing": [4.0, 4.0, 6.0],  # coarse enough for 2 CPU cores; the GPU config uses 2 x 2 x 4 mm
+        "gtan": True,
+        "gtan_start": 0.7,
+        "gtan_grow_until": 0.6,
+        "phantom_cases": 12,
+        "phantom_size": "small",
+    },
+}
+
+
+def data_home() -> Path:
+    """Where embedded default data sets are written: ``$KD_DATA_HOME``, else ``~/.cache/kd``."""
+    return Path(os.environ.get("KD_DATA_HOME") or Path.home() / ".cache" / "kd")
+
+
+def phantom_root(options: Mapping[str, Any]) -> Path:
+    """The phantom data set for ``options``, written on first use (atomically) and reused after."""
+    from kd_liverct.phantom import write_phantom_dataset
+
+    cases, size = int(options["phantom_cases"]), str(options["phantom_size"])
+    root = data_home() / "liverct" / f"phantom-{size}-{cases}-seed0"
+    if not (root / "dataset.json").is_file():
+        write_phantom_dataset(root, num_cases=cases, seed=0, size=size)
+    return root
+
+
+def build_data(config: Mapping[str, Any]) -> TaskData:
+    """``--data PATH`` (MSD or LiTS) or, without one, the embedded phantom."""
+    options = config["options"]
+    root = config["data"]["path"] or phantom_root(options)
+    return build_datasets(root, options, int(config["seed"]))
+
+
+LIVER = Task(
+    name="liver",
+    description="3-D liver + tumour CT segmentation (MSD Task03_Liver / LiTS; embedded phantom), GTAN",
+    build_data=build_data,
+    build_model=build_model,
+    architectures=tuple(ARCHITECTURES),
+    defaults=DEFAULTS,
+    evaluate=evaluate_segmentation,
+    main_metric="dice",
+    supervised_loss=dice_ce_loss,
+    split_batch=split_image_label,
+)
+
+
+@hookimpl
+def kd_register_tasks(register):
+    """Register the ``liver`` task."""
+    register(LIVER)
+
+
+@hookimpl
+def kd_fit_start(run):
+    """Build the growing assistant when the student stage of a GTAN run starts."""
+    gtan.start(run)
+
+
+@hookimpl
+def kd_step_start(run, step, batch):
+    """Grow the assistant to this step's width."""
+    gtan.grow(run)
+
+
+@hookimpl
+def kd_soft_targets(run, inputs, batch):
+    """In a GTAN student stage, the assistant's logits (after its own step); otherwise kdcore's default."""
+    return gtan.soft_targets(run, inputs, batch)
+
+
+@hookimpl
+def kd_epoch_end(run, epoch, metrics):
+    """Log the assistant's width and active parameter count with each validation record."""
+    gtan.describe(run, metrics)
+
+
+@hookimpl
+def kd_fit_end(run, summary):
+    """Save the assistant and put its final size in the stage summary."""
+    gtan.finish(run, summary)

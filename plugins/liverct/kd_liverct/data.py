@@ -1,0 +1,638 @@
+"""Liver CT data: find the cases under ``--data PATH``, check every file, and build MONAI pipelines.
+
+Layouts (``find_cases``)
+------------------------
+* **MSD Task03_Liver**: ``root/dataset.json`` lists ``"training": [{"image": "./imagesTr/liver_0.nii.gz",
+  "label": "./labelsTr/liver_0.nii.gz"}, ...]`` (paths relative to ``root``) and names the classes in
+  ``"labels": {"0": "background", "1": "liver", "2": "cancer"}``. Files on disk that ``dataset.json`` does
+  not list (such as the ``._liver_0.nii.gz`` files in the original archive) are ignored.
+* **LiTS**: ``volume-N.nii[.gz]`` and ``segmentation-N.nii[.gz]`` anywhere under ``root`` (the challenge ships
+  them in several "Training Batch" folders), paired by ``N``; classes 0 background, 1 liver, 2 tumour.
+
+``dataset.json`` wins when both are present. A case's name is its image file name without ``.nii[.gz]``
+(``liver_0``, ``volume-0``); cases are sorted by name with numbers compared as numbers.
+
+Checks (``check_cases``)
+------------------------
+Every file of every case is checked before any training, and one ``LiverDataError`` reports the first bad
+file and how many files are bad, so a run never dies half-way through its first epoch. Per file: nibabel
+must read it as NIfTI; the volume is 3-D (4-D with a singleton last axis is accepted); every voxel is read
+(for ``.nii.gz`` the gzip stream is decompressed to its end, which verifies its CRC: a truncated file may
+still have a readable header) and none is NaN or infinite. Per case: image and label have the same shape
+and the same affine (within ``AFFINE_ATOL`` mm). Per label: the values are integers among the declared
+classes. Per image (in ``build_datasets``): some voxel lies above ``hu_min``, or the body crop would be
+empty. Each file is decompressed exactly once, in 4 MiB chunks (memory does not grow with the volume);
+that is one full read of the data set before training, and nothing is cached on disk.
+
+Transforms (``build_transforms``)
+---------------------------------
+Deterministic part, computed once per volume and kept in memory by ``monai.data.CacheDataset``:
+
+1. ``LoadImaged`` (nibabel reader, ``image_only=True``): each volume becomes a ``MetaTensor`` that carries
+   its metadata (``affine``, ``original_affine``, ``filename_or_obj``, ``spatial_shape``) and, from here on,
+   the list of spatial transforms applied to it; no separate ``*_meta_dict`` entries are needed.
+2. ``EnsureChannelFirstd``: ``[1, X, Y, Z]`` (a 4-D file with a singleton last axis loses that axis).
+3. ``Orientationd(axcodes="RAS")``: one voxel order for every scanner and converter.
+4. ``Spacingd(pixdim=options["spacing"], mode=("bilinear", "nearest"))``: a common voxel size in mm;
+   labels are resampled with nearest neighbour so they stay class indices.
+5. ``ScaleIntensityRanged``: Hounsfield units ``[hu_min, hu_max]`` map to ``[0, 1]``, clipped.
+6. ``CropForegroundd(source_key="image")``: crop to the box where the scaled image is ``> 0``, i.e. where HU
+   exceed ``hu_min``: the body, without the surrounding air. The image, not the label, defines the box:
+   a label-defined box would tell the model where the liver is, and it would not exist at inference time.
+   The ``foreground_*_coord`` keys are not added (the crop is recorded in the MetaTensor and Invertd
+   undoes it).
+
+Training only, after the cache (random, so a fresh draw every epoch without reloading anything):
+
+7. ``SpatialPadd`` to ``patch_size`` (zero = air after scaling), deterministic, so still cached.
+8. ``RandCropByPosNegLabeld(spatial_size=patch_size, pos=1, neg=1, num_samples=samples_per_volume,
+   image_key="image")``: half the patches centred on liver/tumour, half on background inside the body
+   (``image > 0``), so few patches are pure air. Returns a list of ``samples_per_volume`` items per volume.
+9. ``RandFlipd`` along each of the three axes with probability ``flip_prob``.
+10. If ``intensity_jitter > 0``: ``RandScaleIntensityd(factors=j)`` and ``RandShiftIntensityd(offsets=j)``,
+    each with probability 0.5 (intensities may then leave ``[0, 1]`` by up to about ``2j``).
+
+Both:
+
+11. ``EnsureTyped``: image ``float32``, label ``int64`` (class indices). Training items become plain
+    ``torch.Tensor`` (patches are never mapped back); validation items stay ``MetaTensor`` so that a
+    prediction can be mapped back onto the input file's grid with ``monai.transforms.Invertd``.
+
+Validation volumes are not cropped to patches: whole (foreground-cropped) volumes, one per batch, for
+sliding-window inference.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kdcore import TaskData
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
+
+#: Suggested ``options`` for the task, sized for CPU runs on a small phantom (about 96×96×40 voxels).
+#:
+#: * ``spacing`` [2, 2, 4] mm: coarse enough that a whole abdomen fits in ~100×100×50 voxels; in-plane
+#:   2 mm keeps the liver outline, 4 mm matches thick-slice CT (common in LiTS/MSD).
+#: * ``hu_min``/``hu_max`` -200..250 HU: a usual abdominal/liver window (fat to contrast-enhanced
+#:   parenchyma); air and bone saturate.
+#: * ``patch_size`` [64, 64, 32]: divisible by 16 (four U-Net poolings), a fair part of the phantom per
+#:   patch, cheap on a CPU.
+#: * ``samples_per_volume`` 2: one positive and one negative patch on average per loaded volume.
+#: * ``flip_prob`` 0.5: flips along every axis (as nnU-Net mirrors).
+#: * ``intensity_jitter`` 0.0: off; CT intensities are calibrated, and the [0, 1] range then holds.
+#: * ``val_fraction`` 0.25: at least one validation case in any case.
+#: * ``cache_rate`` 1.0: keep every preprocessed volume in memory (image and label as float32: a few MB per
+#:   phantom case; for the full MSD/LiTS sets count some 10–50 MB per case at this spacing, or lower it).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "spacing": [2.0, 2.0, 4.0],
+    "hu_min": -200.0,
+    "hu_max": 250.0,
+    "patch_size": [64, 64, 32],
+    "samples_per_volume": 2,
+    "flip_prob": 0.5,
+    "intensity_jitter": 0.0,
+    "val_fraction": 0.25,
+    "cache_rate": 1.0,
+}
+
+#: The train/val split follows this seed, never the run's seed: a teacher trained in one run may teach in
+#: another (``teacher.checkpoint``), and must not have trained on that run's validation cases.
+SPLIT_SEED = 0
+
+#: Largest difference (in mm, element-wise on the 4×4 affine) tolerated between an image and its label.
+AFFINE_ATOL = 1e-3
+
+LITS_CLASSES: dict[int, str] = {0: "background", 1: "liver", 2: "tumour"}
+
+_LITS_FILE = re.compile(r"(volume|segmentation)-(\d+)\.nii(\.gz)?")
+_MAX_LISTED = 20
+_MAX_LABEL_VALUES = 256
+_CHUNK_BYTES = 1 << 22
+
+
+class LiverDataError(ValueError):
+    """The data under ``--data`` cannot be used; the message names the file and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One CT volume and its label map.
+
+    Args:
+        name: the image file name without ``.nii``/``.nii.gz`` (``liver_0``, ``volume-0``).
+        image: path of the CT volume (Hounsfield units).
+        label: path of the label map (integers, one per class).
+    """
+
+    name: str
+    image: Path
+    label: Path
+
+
+# --- finding cases -------------------------------------------------------------------------------
+
+
+def _strip_nii(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _summary(problems: Sequence[str], what: str) -> str:
+    listed = [f"  - {p}" for p in problems[:_MAX_LISTED]]
+    if len(problems) > _MAX_LISTED:
+        listed.append(f"  ... and {len(problems) - _MAX_LISTED} more")
+    return "\n".join([f"{len(problems)} {what}; the first: {problems[0]}", *listed])
+
+
+def _parse_classes(labels: Any, source: str) -> dict[int, str]:
+    if not isinstance(labels, Mapping) or not labels:
+        raise LiverDataError(f'{source}: "labels" must map class indices to names, got {labels!r}')
+    try:
+        classes = {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise LiverDataError(
+            f'{source}: "labels" keys must be class indices ("0", "1", ...), got {sorted(labels)}'
+        ) from None
+    if sorted(classes) != list(range(len(classes))) or len(classes) < 2:
+        raise LiverDataError(
+            f'{source}: "labels" must number the classes 0..K-1 with K >= 2 (0 = background), '
+            f"got {sorted(classes)}"
+        )
+    return dict(sorted(classes.items()))
+
+
+def _find_msd(root: Path) -> tuple[list[Case], dict[int, str]]:
+    path = root / "dataset.json"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LiverDataError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(spec, Mapping):
+        raise LiverDataError(f"{path}: expected a JSON object at the top level")
+    for key in ("training", "labels"):
+        if key not in spec:
+            raise LiverDataError(f'{path}: missing key "{key}" (the MSD dataset.json lists it)')
+    classes = _parse_classes(spec["labels"], str(path))
+    modality = spec.get("modality")
+    if isinstance(modality, Mapping) and len(modality) != 1:
+        raise LiverDataError(
+            f'{path}: "modality" lists {len(modality)} channels ({modality}); '
+            "this task expects one CT channel"
+        )
+    training = spec["training"]
+    if not isinstance(training, list) or not training:
+        raise LiverDataError(f'{path}: "training" must be a non-empty list of {{"image", "label"}} entries')
+    cases, missing, seen = [], [], {}
+    for i, entry in enumerate(training):
+        if not isinstance(entry, Mapping):
+            raise LiverDataError(f'{path}: "training"[{i}] must be an object, got {entry!r}')
+        files = {}
+        for key in ("image", "label"):
+            if key not in entry:
+                raise LiverDataError(f'{path}: "training"[{i}] has no "{key}" ({dict(entry)})')
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise LiverDataError(
+                    f'{path}: "training"[{i}]["{key}"] must be one file path, got {entry[key]!r}'
+                )
+            files[key] = Path(os.path.normpath(root / entry[key]))
+            if not files[key].is_file():
+                missing.append(
+                    f'{files[key]} (listed as "training"[{i}]["{key}"] = {entry[key]!r}) does not exist'
+                )
+        name = _strip_nii(files["image"].name)
+        if name in seen:
+            raise LiverDataError(
+                f'{path}: "training"[{seen[name]}] and "training"[{i}] are both case {name!r}'
+            )
+        seen[name] = i
+        cases.append(Case(name, files["image"], files["label"]))
+    if missing:
+        raise LiverDataError(
+            f"{path}: " + _summary(missing, f"of {2 * len(training)} listed files are missing")
+        )
+    return cases, classes
+
+
+def _find_lits(root: Path) -> tuple[list[Case], dict[int, str]]:
+    found: dict[str, dict[int, Path]] = {"volume": {}, "segmentation": {}}
+    for path in sorted(root.rglob("*.nii*")):
+        match = _LITS_FILE.fullmatch(path.name)
+        if match is None or not path.is_file():
+            continue
+        kind, number = match.group(1), int(match.group(2))
+        if number in found[kind]:
+            raise LiverDataError(f"{found[kind][number]} and {path} are both {kind} {number}: keep one")
+        found[kind][number] = path
+    volumes, segmentations = found["volume"], found["segmentation"]
+    unpaired = [
+        f"{volumes[n]} has no segmentation-{n}.nii[.gz]" for n in sorted(volumes.keys() - segmentations)
+    ]
+    unpaired += [
+        f"{segmentations[n]} has no volume-{n}.nii[.gz]" for n in sorted(segmentations.keys() - volumes)
+    ]
+    if unpaired:
+        what = "file is unpaired" if len(unpaired) == 1 else "files are unpaired"
+        raise LiverDataError(f"LiTS layout under {root}: " + _summary(unpaired, what))
+    cases = [Case(_strip_nii(volumes[n].name), volumes[n], segmentations[n]) for n in volumes]
+    return cases, dict(LITS_CLASSES)
+
+
+def find_cases(root: str | Path) -> tuple[list[Case], dict[int, str]]:
+    """The cases under ``root`` (MSD ``dataset.json`` or LiTS file names) and the class map.
+
+    Returns:
+        ``(cases, classes)``: cases sorted by name (numbers compared as numbers) and
+        ``{class index: name}`` with indices ``0..K-1``.
+
+    Raises:
+        LiverDataError: ``root`` is missing or in neither layout, ``dataset.json`` lacks a key or lists a file
+            that does not exist, or a LiTS volume or segmentation has no partner.
+    """
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise LiverDataError(f"data path {root} is not a directory")
+    if (root / "dataset.json").is_file():
+        cases, classes = _find_msd(root)
+    elif any(_LITS_FILE.fullmatch(p.name) for p in root.rglob("*.nii*")):
+        cases, classes = _find_lits(root)
+    else:
+        nested = sorted(p.parent for p in root.glob("*/dataset.json"))
+        hint = f" (did you mean {nested[0]}?)" if len(nested) == 1 else ""
+        raise LiverDataError(
+            f"{root} holds no liver CT data set{hint}. Expected either the MSD Task03_Liver layout "
+            "(dataset.json listing imagesTr/*.nii.gz and labelsTr/*.nii.gz) or the LiTS layout "
+            "(volume-N.nii[.gz] and segmentation-N.nii[.gz], possibly in subfolders)"
+        )
+    return sorted(cases, key=lambda c: _natural_key(c.name)), classes
+
+
+# --- checking files ------------------------------------------------------------------------------
+
+
+class _BadFile(Exception):
+    """Internal: one problem with one file."""
+
+
+def _open_nifti(path: Path) -> Any:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises many types (ImageFileError, OSError, HeaderDataError, ...)
+        raise _BadFile(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise _BadFile(f"{path}: is a {type(img).__name__}, not a NIfTI file")
+    shape = img.shape
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        raise _BadFile(f"{path}: has shape {shape}; expected a 3-D volume (or 4-D with a last axis of 1)")
+    if min(shape) < 1:
+        raise _BadFile(f"{path}: has an empty axis (shape {shape})")
+    return img
+
+
+@dataclass
+class _Scan:
+    """What one pass over a file's voxels found (values after the header's scl_slope/scl_inter)."""
+
+    low: float = math.inf
+    high: float = -math.inf
+    values: set[float] | None = None  # distinct values, while there are at most _MAX_LABEL_VALUES
+
+
+def _scan_voxels(path: Path, img: Any, *, collect_values: bool) -> _Scan:
+    """Read the whole file once, chunk by chunk (constant memory), and summarise its voxels.
+
+    For ``.nii.gz`` the gzip stream is read to its end, which checks its CRC: a truncated file often still
+    has a readable header, and may even hold every voxel but lack the end of the stream.
+    """
+    proxy = img.dataobj  # nibabel's ArrayProxy: where and how the voxels are stored
+    dtype = np.dtype(proxy.dtype)
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise _BadFile(f"{path}: voxel type {dtype} is not a plain number (expected one scalar per voxel)")
+    offset, itemsize = int(proxy.offset), dtype.itemsize
+    needed = math.prod(img.shape) * itemsize
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    scaled = (slope, inter) != (1.0, 0.0)
+    scan = _Scan(values=set() if collect_values else None)
+
+    def summarise(raw: np.ndarray) -> None:
+        data = raw * slope + inter if scaled else raw
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise _BadFile(f"{path}: contains NaN or infinite values")
+        scan.low, scan.high = min(scan.low, float(data.min())), max(scan.high, float(data.max()))
+        if scan.values is not None:
+            if data.dtype.kind in "biu" and scan.low >= 0 and scan.high <= _MAX_LABEL_VALUES:
+                distinct = np.flatnonzero(np.bincount(data.ravel().astype(np.intp, copy=False)))
+            else:
+                distinct = np.unique(data)
+            scan.values.update(distinct.tolist())
+            if len(scan.values) > _MAX_LABEL_VALUES:
+                scan.values = None
+
+    total, skip, remaining, pending = 0, offset, needed, b""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK_BYTES):
+                total += len(chunk)
+                cut = min(skip, len(chunk))
+                skip -= cut
+                take = chunk[cut : cut + remaining]
+                remaining -= len(take)
+                pending += take
+                usable = len(pending) - len(pending) % itemsize
+                if usable:
+                    summarise(np.frombuffer(pending[:usable], dtype=dtype))
+                    pending = pending[usable:]
+    except (OSError, EOFError, zlib.error) as err:
+        raise _BadFile(
+            f"{path}: is truncated or corrupt: its data does not read to the end ({err})"
+        ) from None
+    if remaining > 0:
+        raise _BadFile(
+            f"{path}: is truncated: it holds {total} bytes, but its header needs {offset + needed}"
+        )
+    return scan
+
+
+def _check_label_values(path: Path, scan: _Scan, classes: Mapping[int, str]) -> None:
+    if scan.values is None:
+        raise _BadFile(
+            f"{path}: has more than {_MAX_LABEL_VALUES} distinct values (range {scan.low:g}..{scan.high:g}); "
+            "a label map holds one integer per class"
+        )
+    fractional = sorted(v for v in scan.values if not float(v).is_integer())
+    if fractional:
+        raise _BadFile(f"{path}: label values must be integers, found {fractional[:5]}")
+    extra = sorted(int(v) for v in scan.values if int(v) not in classes)
+    if extra:
+        declared = ", ".join(f"{k} {v}" for k, v in classes.items())
+        raise _BadFile(f"{path}: label values {extra} are not among the declared classes ({declared})")
+
+
+def check_cases(
+    cases: Sequence[Case],
+    classes: Mapping[int, str],
+    *,
+    atol: float = AFFINE_ATOL,
+    hu_min: float | None = None,
+) -> None:
+    """Check every file of every case before training; see the module docstring for the checks.
+
+    Each file is read once, in chunks (its memory use does not grow with the volume).
+
+    Args:
+        cases: from ``find_cases``.
+        classes: the class map (label values must be among its keys).
+        atol: largest tolerated difference between image and label affines (mm).
+        hu_min: if given, each image must have a voxel above it (else the body crop of
+            ``build_transforms`` would be empty: not CT in Hounsfield units, or blank).
+
+    Raises:
+        LiverDataError: names the first bad file and counts the bad files ("2 of 10 files are bad"), with
+            up to 20 problems listed.
+    """
+    if not cases:
+        raise LiverDataError("no cases to check")
+    problems: list[str] = []
+    for case in cases:
+        opened = {}
+        for role, path in (("image", case.image), ("label", case.label)):
+            try:
+                img = _open_nifti(path)
+                scan = _scan_voxels(path, img, collect_values=role == "label")
+                if role == "label":
+                    _check_label_values(path, scan, classes)
+                elif hu_min is not None and scan.high <= hu_min:
+                    raise _BadFile(
+                        f"{path}: no voxel is above options.hu_min = {hu_min:g} HU (values {scan.low:g}.."
+                        f"{scan.high:g}), so the body crop would be empty; is this CT in Hounsfield units?"
+                    )
+                opened[role] = img
+            except _BadFile as bad:
+                problems.append(str(bad))
+        if len(opened) < 2:
+            continue
+        image, label = opened["image"], opened["label"]
+        if image.shape[:3] != label.shape[:3]:
+            problems.append(
+                f"{case.label}: shape {label.shape} differs from the shape {image.shape} "
+                f"of its image {case.image}"
+            )
+        elif not np.allclose(image.affine, label.affine, rtol=0.0, atol=atol):
+            problems.append(
+                f"{case.label}: its affine differs from that of its image {case.image} by up to "
+                f"{np.abs(image.affine - label.affine).max():.4g} mm (tolerance {atol:g}); "
+                f"label {np.round(label.affine, 4).tolist()}, image {np.round(image.affine, 4).tolist()}"
+            )
+    if problems:
+        raise LiverDataError(_summary(problems, f"of {2 * len(cases)} files are bad"))
+
+
+# --- splitting -----------------------------------------------------------------------------------
+
+
+def split_cases(
+    cases: Sequence[Case], val_fraction: float, seed: int = SPLIT_SEED
+) -> tuple[list[Case], list[Case]]:
+    """Split cases into ``(train, val)``, by case name only: neither the run seed nor the case order matter.
+
+    Cases are ranked by a hash of ``(seed, name)`` and the first ``max(1, round(n * val_fraction))`` go to
+    validation. A case's side therefore depends only on its name and the other names, never on the run
+    seed (see ``SPLIT_SEED``).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"options.val_fraction must be between 0 and 1, got {val_fraction}")
+    if len(cases) < 2:
+        raise LiverDataError(
+            f"found {len(cases)} case(s); at least 2 are needed (one to train on, one to validate on)"
+        )
+    ranked = sorted(cases, key=lambda c: hashlib.sha256(f"{seed}:{c.name}".encode()).hexdigest())
+    n_val = min(len(cases) - 1, max(1, round(len(cases) * val_fraction)))
+    val = {c.name for c in ranked[:n_val]}
+    return [c for c in cases if c.name not in val], [c for c in cases if c.name in val]
+
+
+# --- transforms ----------------------------------------------------------------------------------
+
+
+def _triple(options: Mapping[str, Any], key: str, kind: type) -> list[Any]:
+    value = options[key]
+    ok = isinstance(value, Sequence) and len(value) == 3
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value)
+    if kind is int:
+        ok = ok and all(float(v).is_integer() for v in value)
+    if not ok:
+        raise ValueError(f"options.{key} must be three positive {kind.__name__}s, got {value!r}")
+    return [kind(v) for v in value]
+
+
+def resolve_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``DEFAULT_OPTIONS`` overridden by ``options`` (other keys are kept), checked and normalised."""
+    opts = {**DEFAULT_OPTIONS, **options}
+    opts["spacing"] = _triple(opts, "spacing", float)
+    opts["patch_size"] = _triple(opts, "patch_size", int)
+    if not float(opts["hu_min"]) < float(opts["hu_max"]):
+        raise ValueError(f"options.hu_min ({opts['hu_min']}) must be below options.hu_max ({opts['hu_max']})")
+    if int(opts["samples_per_volume"]) < 1:
+        raise ValueError(f"options.samples_per_volume must be at least 1, got {opts['samples_per_volume']}")
+    for key, low, high in (("flip_prob", 0, 1), ("cache_rate", 0, 1), ("intensity_jitter", 0, math.inf)):
+        if not low <= float(opts[key]) <= high:
+            raise ValueError(f"options.{key} must be in [{low}, {high}], got {opts[key]}")
+    return opts
+
+
+def build_transforms(options: Mapping[str, Any], train: bool) -> Compose:
+    """The MONAI pipeline for training patches (``train=True``) or whole validation volumes.
+
+    Items are ``{"image": path, "label": path}``; see the module docstring for each step. Training returns
+    a list of ``samples_per_volume`` dicts per item (flatten with ``monai.data.list_data_collate``).
+    """
+    from monai import transforms as mt
+
+    opts = resolve_options(options)
+    keys = ("image", "label")
+    steps: list[Any] = [
+        mt.LoadImaged(keys, reader="NibabelReader", image_only=True),
+        mt.EnsureChannelFirstd(keys),
+        mt.Orientationd(keys, axcodes="RAS", labels=None),  # None: follow the MetaTensor's space (RAS)
+        mt.Spacingd(keys, pixdim=opts["spacing"], mode=("bilinear", "nearest")),
+        mt.ScaleIntensityRanged(
+            "image", a_min=float(opts["hu_min"]), a_max=float(opts["hu_max"]), b_min=0.0, b_max=1.0, clip=True
+        ),
+        mt.CropForegroundd(
+            keys, source_key="image", allow_smaller=True, start_coord_key=None, end_coord_key=None
+        ),
+    ]
+    if train:
+        patch = opts["patch_size"]
+        steps += [
+            mt.SpatialPadd(keys, spatial_size=patch),
+            mt.RandCropByPosNegLabeld(
+                keys,
+                label_key="label",
+                spatial_size=patch,
+                pos=1,
+                neg=1,
+                num_samples=int(opts["samples_per_volume"]),
+                image_key="image",
+                image_threshold=0.0,
+            ),
+            *(mt.RandFlipd(keys, prob=float(opts["flip_prob"]), spatial_axis=axis) for axis in range(3)),
+        ]
+        jitter = float(opts["intensity_jitter"])
+        if jitter > 0:
+            steps += [
+                mt.RandScaleIntensityd("image", factors=jitter, prob=0.5),
+                mt.RandShiftIntensityd("image", offsets=jitter, prob=0.5),
+            ]
+    steps.append(mt.EnsureTyped(keys, dtype=(torch.float32, torch.long), track_meta=not train))
+    return mt.Compose(steps)
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+class _ReseededPerWorker(Dataset):
+    """Reseeds a MONAI dataset's random transforms in each DataLoader worker.
+
+    MONAI transforms draw from their own ``RandomState``; forked workers would all copy the same state and
+    produce the same crops and flips. Each worker reseeds from its torch worker seed (derived from the
+    loader's generator, so still reproducible for a given run seed). With ``num_workers=0`` nothing changes.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self._worker_seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            self.dataset.transform.set_random_state(seed=info.seed % 2**32)
+        return self.dataset[index]
+
+
+def build_datasets(
+    root: str | Path, options: Mapping[str, Any], seed: int, *, check: bool = True
+) -> TaskData:
+    """Find, check and split the cases under ``root`` and wrap them in cached MONAI datasets.
+
+    Args:
+        root: an MSD Task03_Liver or LiTS folder.
+        options: the task's ``options`` (missing keys take ``DEFAULT_OPTIONS``).
+        seed: the run seed; drives the random crops and flips (not the split, see ``SPLIT_SEED``).
+        check: run ``check_cases`` first (leave on; tests may switch it off).
+
+    Returns:
+        ``TaskData`` whose training items are lists of patch dicts and whose validation items are whole
+        volumes; ``collate_fn`` is ``monai.data.list_data_collate`` (flattens the lists), so a batch is
+        ``{"image": float32 [B, 1, X, Y, Z], "label": int64 [B, 1, X, Y, Z]}`` with B = batch_size ×
+        samples_per_volume in training. Validation batches must hold one volume (shapes differ).
+    """
+    from monai.data import CacheDataset, list_data_collate
+
+    opts = resolve_options(options)
+    cases, classes = find_cases(root)
+    if check:
+        check_cases(cases, classes, hu_min=float(opts["hu_min"]))
+    train_cases, val_cases = split_cases(cases, float(opts["val_fraction"]))
+
+    def dataset(subset: list[Case], train: bool) -> Any:
+        transform = build_transforms(opts, train=train)
+        if train:
+            transform.set_random_state(seed=seed % 2**32)
+        items = [{"image": str(c.image), "label": str(c.label)} for c in subset]
+        return CacheDataset(
+            items, transform, cache_rate=float(opts["cache_rate"]), num_workers=0, progress=False
+        )
+
+    info = {
+        "num_classes": len(classes),
+        "classes": [classes[k] for k in sorted(classes)],
+        "in_channels": 1,
+        "patch_size": list(opts["patch_size"]),
+        "spacing": list(opts["spacing"]),
+        "hu_window": [float(opts["hu_min"]), float(opts["hu_max"])],
+        "train_cases": [c.name for c in train_cases],
+        "val_cases": [c.name for c in val_cases],
+    }
+    return TaskData(
+        train=_ReseededPerWorker(dataset(train_cases, True)),
+        val=dataset(val_cases, False),
+        info=info,
+        collate_fn=list_data_collate,
+    )
+
+
+def build_data(config: Mapping[str, Any]) -> TaskData:
+    """``Task.build_data``: ``build_datasets(config["data"]["path"], config["options"], config["seed"])``."""
+    path = config["data"]["path"]
+    if not path:
+        raise LiverDataError("no data path given: pass --data PATH (an MSD Task03_Liver or LiTS folder)")
+    return build_datasets(path, config.get("options", {}), int(config.get("seed", 0)))
