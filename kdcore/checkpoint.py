@@ -17,6 +17,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not a kdcore checkpoint."""
 
 
+#: The process umask, read once (reading it means setting it, which is not thread-safe at write time).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file so that readers see the old content or the complete new one, never a torn file.
 
@@ -27,6 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it a normal file's mode
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -44,6 +45,8 @@ class KdGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own exits (--help, Ctrl-C, usage errors); Exit and Abort are RuntimeErrors
         except USER_ERRORS as exc:
             if os.environ.get("KD_DEBUG"):
                 raise
@@ -85,9 +88,20 @@ def _load_config(config_file: str | None, plugin: str | None, task: str | None, 
 @click.option(
     "--with", "with_plugins", multiple=True, metavar="PLUGIN", help="Enable another plugin's hooks."
 )
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME",
+    help="Train only these of the config's variants (repeatable; default: all).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and stop.")
-def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, dry_run) -> None:
-    """Train a teacher (unless given) and distil it into a student; write a run directory."""
+def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, variants, dry_run) -> None:
+    """Train a teacher (unless given) and distil it into a student; write a run directory.
+
+    When the config has variants (``kd tasks --defaults`` shows a task's), the teacher is trained once and
+    each variant's student learns from it; the report compares them with the no-KD baseline.
+    """
     overrides: dict[str, Any] = {}
     if data is not None:
         # Stored absolute, so `kd eval RUN_DIR` and `kd train -c RUN_DIR/config.toml` work from anywhere.
@@ -99,6 +113,8 @@ def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, 
     if with_plugins:
         overrides["with_plugins"] = list(with_plugins)
     config = _load_config(config_file, plugin, task, sets, overrides)
+    if variants:
+        config["variants"] = _select_variants(config["variants"], variants)
     if dry_run:
         click.echo(dump(config))
         return
@@ -106,6 +122,18 @@ def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, 
 
     # soft_wrap: long paths (the run directory) print on one line even when stdout is not a terminal.
     fit(config, console=Console(soft_wrap=True))
+
+
+def _select_variants(available: dict[str, Any], chosen: tuple[str, ...]) -> dict[str, Any]:
+    for name in chosen:
+        if name not in available:
+            hint = difflib.get_close_matches(name, list(available), n=1)
+            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+            known = ", ".join(available) or "none"
+            raise ConfigError(
+                f"--variant {name!r} is not a variant of this config.{suggestion} Variants: {known}"
+            )
+    return {name: available[name] for name in dict.fromkeys(chosen)}
 
 
 @cli.command("eval")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -53,7 +54,13 @@ CORE_DEFAULTS: dict[str, Any] = {
     },
     "train": {"log_every": 10, "progress": True, "amp": True, "grad_clip": 0.0},
     "options": {},
+    "variants": {},
 }
+
+#: What every variant of a run shares: a variant may not change these (top-level keys, then distill keys).
+SHARED_KEYS = ("plugin", "task", "seed", "device", "out_dir", "run_name", "with_plugins", "data", "teacher")
+SHARED_DISTILL_KEYS = ("baseline", "extra_teachers", "teacher_weights")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 #: Keys whose value is a schedule spec (a number or a table with a ``name``): free-form here.
 SCHEDULE_KEYS = ("distill.temperature", "distill.alpha")
@@ -66,6 +73,8 @@ class ConfigError(ValueError):
 
 
 def _is_schedule_key(key: str) -> bool:
+    if key.startswith("variants."):  # variants.NAME.distill.temperature is a schedule key too
+        key = key.split(".", 2)[2] if key.count(".") >= 2 else ""
     return key in SCHEDULE_KEYS or any(key.startswith(t + ".") for t in FREE_TABLES)
 
 
@@ -101,6 +110,9 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any], source: str, 
     """
     for key, value in config.items():
         path = f"{prefix}{key}"
+        if path == "variants":
+            _check_variants(value, schema, source)
+            continue
         if _is_schedule_key(path) or f"{prefix}".rstrip(".") in FREE_TABLES:
             _check_schedule_spec(path, value, source)
             continue
@@ -126,6 +138,38 @@ def _unknown_key_hint(key: str, schema: Mapping[str, Any], prefix: str) -> str:
     if not schema:
         return f"; {prefix.rstrip('.') or 'this table'} takes no keys"
     return f"; valid keys here: {', '.join(prefix + k for k in schema)}"
+
+
+def _check_variants(variants: Any, schema: Mapping[str, Any], source: str) -> None:
+    """Each ``variants.NAME`` is a partial configuration that leaves the shared keys alone."""
+    if not isinstance(variants, Mapping):
+        raise ConfigError(
+            f"'variants' in {source} must be a table of named variants, got {_type_name(variants)}"
+        )
+    for name, overlay in variants.items():
+        where = f"variants.{name}"
+        if not _VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"variant name {name!r} in {source}: use letters, digits, '-' and '_' only")
+        if not isinstance(overlay, Mapping):
+            raise ConfigError(f"{where!r} in {source} must be a table, got {_type_name(overlay)}")
+        shared = [k for k in SHARED_KEYS if k in overlay]
+        shared += [f"distill.{k}" for k in SHARED_DISTILL_KEYS if k in overlay.get("distill", {})]
+        if "variants" in overlay:
+            shared.append("variants")
+        if shared:
+            raise ConfigError(
+                f"{where}.{shared[0]} in {source}: every variant shares the teacher, data, seed and baseline "
+                "of the run, so a variant may not change it"
+            )
+        validate(overlay, schema, f"{source} ({where})")
+
+
+def variant_configs(config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``[(name, the run's config with that variant's overlay merged in)]``; ``[("", config)]`` with none."""
+    base = {k: v for k, v in config.items() if k != "variants"}
+    if not config.get("variants"):
+        return [("", {**base, "variants": {}})]
+    return [(name, {**merge(base, overlay), "variants": {}}) for name, overlay in config["variants"].items()]
 
 
 def _check_schedule_spec(path: str, value: Any, source: str) -> None:
@@ -161,6 +205,9 @@ def normalise(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, An
             continue
         if isinstance(expected, float) and isinstance(config[key], int):
             config[key] = float(config[key])
+        elif key == "variants" and isinstance(config[key], dict):
+            for overlay in config[key].values():
+                normalise(overlay, schema)
         elif isinstance(expected, Mapping) and isinstance(config[key], dict):
             normalise(config[key], expected)
     return config
@@ -204,9 +251,11 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
 
 def task_schema(task_defaults: Mapping[str, Any]) -> dict[str, Any]:
     """kdcore's defaults with the task's defaults merged in: the schema of a run's configuration."""
-    core_keys = {k: v for k, v in task_defaults.items() if k != "options"}
+    core_keys = {k: v for k, v in task_defaults.items() if k not in ("options", "variants")}
     validate(core_keys, CORE_DEFAULTS, source="the task's defaults")
-    return merge(CORE_DEFAULTS, task_defaults)
+    schema = merge(CORE_DEFAULTS, task_defaults)
+    validate({"variants": schema["variants"]}, schema, source="the task's defaults")
+    return schema
 
 
 def resolve(

@@ -39,7 +39,7 @@ from kdcore.hints import HintTerms, parse_hints
 from kdcore.plugins import Registry, get_registry
 from kdcore.report import write_report
 from kdcore.schedules import Schedule, build_schedule
-from kdcore.strategies import EnsembleTeacher, Stage, plan_stages
+from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
 
 #: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
@@ -120,7 +120,9 @@ class DistillRun:
         device: the torch device.
         pm: the run-scoped plugin manager (call ``run.pm.hook.<name>(...)`` to dispatch).
         kd_loss: the logit loss named by ``distill.loss``: ``kd_loss(student, teacher, temperature)``.
-        stage: the name of the stage being trained.
+        stage: the role of the stage being trained: "teacher", "assistant1", "student", "baseline", ...
+        variant: the ``variants`` entry being trained ("" outside variants); ``config`` is then that
+            variant's configuration (the run's with the variant merged in).
         student: the model being trained in this stage.
         teacher: the model teaching it (None in supervised stages).
         step, total_steps, epoch: position in the stage; ``progress`` is ``step / total_steps``.
@@ -152,6 +154,7 @@ class DistillRun:
     alpha: float = 0.0
     signals: dict[str, float] = field(default_factory=dict)
     stop_requested: bool = False
+    variant: str = ""
     amp: bool = False
     plugin_state: dict[str, Any] = field(default_factory=dict)
 
@@ -190,17 +193,16 @@ def fit(
     registry = registry or get_registry()
     console = console or Console()
     task = registry.get_task(config["plugin"], config["task"])
-    stages = plan_stages(config)
-    for stage in stages:
+    plan = plan_run(config)
+    for stage, _ in plan:
         if stage.arch not in task.architectures:
             raise ValueError(
-                f"{stage.section}.arch {stage.arch!r} (stage {stage.name!r}) is not an architecture of task "
+                f"{stage.section}.arch {stage.arch!r} (stage {stage.label!r}) is not an architecture of task "
                 f"{task.plugin}/{task.name}; choose one of: {', '.join(task.architectures)}"
             )
-    hint_specs = parse_hints(config["distill"]["hints"])
-    if hint_specs and config["distill"]["strategy"] == "ensemble":
-        raise ValueError("distill.hints need a single teacher; they cannot be used with strategy 'ensemble'")
-    schedules = _build_schedules(config, registry)
+    # Schedules and hints of every variant, checked before anything is trained.
+    configs = {stage.variant: cfg for stage, cfg in plan}
+    settings = {variant: _stage_settings(cfg, registry) for variant, cfg in configs.items()}
     device = select_device(config["device"])
     seed_everything(config["seed"])
     data = task.build_data(config)
@@ -214,18 +216,25 @@ def fit(
     started = time.perf_counter()
     try:
         teachers: list[nn.Module] = []
+        shared_teacher: nn.Module | None = None
         teacher: nn.Module | None = None
-        for stage in stages:
+        variant = None
+        for stage, stage_config in plan:
+            run.config, run.variant = stage_config, stage.variant
+            schedules, hint_specs = settings[stage.variant]
             if stage.is_teacher:
                 teachers.append(_teacher_model(run, stage, schedules, console))
                 continue
-            if teacher is None and stage.distilled:
-                teacher = teachers[0] if len(teachers) == 1 else _ensemble(teachers, config, device)
+            if shared_teacher is None:
+                shared_teacher = teachers[0] if len(teachers) == 1 else _ensemble(teachers, config, device)
+            if stage.variant != variant:  # each variant's chain starts from the shared teacher
+                variant, teacher = stage.variant, shared_teacher
             model = _train_stage(
                 run, stage, teacher if stage.distilled else None, schedules, hint_specs, console
             )
             if stage.name.startswith("assistant"):
                 teacher = model
+        run.config, run.variant = config, ""
         log.write({"split": "run", "seconds": round(time.perf_counter() - started, 2), "device": str(device)})
     finally:
         log.close()
@@ -239,6 +248,14 @@ def _summary_line(summary: Mapping[str, Any]) -> str:
     metric = summary["main_metric"]
     parts = [f"{name} {metric}={s['best_metric']:.4f}" for name, s in summary["stages"].items()]
     return "best " + ", ".join(parts) + f" ({summary['seconds']:.1f} s)"
+
+
+def _stage_settings(config: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Schedule], list]:
+    """The schedules and feature hints one configuration (the run's, or a variant's) trains with."""
+    hint_specs = parse_hints(config["distill"]["hints"])
+    if hint_specs and config["distill"]["strategy"] == "ensemble":
+        raise ValueError("distill.hints need a single teacher; they cannot be used with strategy 'ensemble'")
+    return _build_schedules(config, registry), hint_specs
 
 
 def _build_schedules(config: Mapping[str, Any], registry: Registry) -> dict[str, Schedule]:
@@ -361,7 +378,7 @@ def _train_stage(
     run.amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
     ckpt_dir = run.run_dir / "checkpoints"
-    prefix = "" if stage.name == "student" else f"{stage.name}_"
+    prefix = stage.checkpoint_prefix
     best_path, last_path = ckpt_dir / f"{prefix}best.pt", ckpt_dir / f"{prefix}last.pt"
     best: float | None = None
     best_epoch = -1
@@ -369,7 +386,7 @@ def _train_stage(
     started = time.perf_counter()
     run.pm.hook.kd_fit_start(run=run)
     progress = Progress(
-        TextColumn(f"[bold]{stage.name}[/]"),
+        TextColumn(f"[bold]{escape(stage.label)}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
@@ -381,7 +398,7 @@ def _train_stage(
     )
     try:
         with progress:
-            bar = progress.add_task(stage.name, total=run.total_steps, status="")
+            bar = progress.add_task(stage.label, total=run.total_steps, status="")
             for epoch in range(epochs):
                 run.epoch = epoch
                 run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
@@ -394,7 +411,7 @@ def _train_stage(
                     if run.step % cfg["train"]["log_every"] == 0:
                         run.log.write(
                             {
-                                "stage": stage.name,
+                                "stage": stage.label,
                                 "split": "train",
                                 "epoch": epoch,
                                 "step": run.step,
@@ -410,7 +427,7 @@ def _train_stage(
                     )
                 run.signals["val_metric"] = float(metrics[task.main_metric])
                 run.pm.hook.kd_after_validation(run=run, epoch=epoch, metrics=metrics)
-                record = {"stage": stage.name, "split": "val", "epoch": epoch, "step": run.step}
+                record = {"stage": stage.label, "split": "val", "epoch": epoch, "step": run.step}
                 record.update(train_loss=loss_sum / max(1, batches), **metrics)
                 run.pm.hook.kd_epoch_end(run=run, epoch=epoch, metrics=record)
                 run.log.write(record)
@@ -421,8 +438,8 @@ def _train_stage(
                     best, best_epoch = value, epoch
                     save_checkpoint(best_path, state)
                 console.print(
-                    f"\\[{stage.name}] epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.4f}  "
-                    f"val {task.main_metric} {value:.4f}"
+                    f"\\[{escape(stage.label)}] epoch {epoch + 1}/{epochs}  "
+                    f"train loss {record['train_loss']:.4f}  val {task.main_metric} {value:.4f}"
                 )
                 if run.stop_requested:
                     break
@@ -430,10 +447,11 @@ def _train_stage(
         if run.hints is not None:
             run.hints.close()
     summary = {
-        "stage": stage.name,
+        "stage": stage.label,
         "split": "stage",
         "arch": stage.arch,
         "distilled": stage.distilled,
+        "primary": stage.primary,
         "main_metric": task.main_metric,
         "best_metric": best,
         "best_epoch": best_epoch,
@@ -454,7 +472,7 @@ def _checkpoint_payload(
     run: DistillRun, stage: Stage, model: nn.Module, optimizer, epoch: int, metrics
 ) -> dict:
     return {
-        "stage": stage.name,
+        "stage": stage.label,
         "arch": stage.arch,
         "plugin": run.task.plugin,
         "task": run.task.name,

@@ -41,7 +41,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def build_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Per-stage results, the main metric, and the student's gain over the no-KD baseline."""
+    """Per-stage results, the main metric, and the students' gains over the no-KD baseline.
+
+    ``student_minus_baseline`` is the primary student's gain; with variants, ``variants`` maps each
+    variant to its student's best metric and gain (a positive gain is better when higher is better).
+    """
     stages: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"main_metric": None, "stages": stages}
     for record in records:
@@ -50,9 +54,21 @@ def build_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
             summary["main_metric"] = record.get("main_metric", summary["main_metric"])
         elif record.get("split") == "run":
             summary.update({k: v for k, v in record.items() if k != "split"})
-    student, baseline = stages.get("student"), stages.get("baseline")
-    if student and baseline and None not in (student["best_metric"], baseline["best_metric"]):
-        summary["student_minus_baseline"] = student["best_metric"] - baseline["best_metric"]
+    baseline = stages.get("baseline")
+    variants = {}
+    for label, stage in stages.items():
+        variant, _, role = label.rpartition("/")
+        if role != "student":
+            continue
+        gain = None
+        if baseline and None not in (stage["best_metric"], baseline["best_metric"]):
+            gain = stage["best_metric"] - baseline["best_metric"]
+        if variant:
+            variants[variant] = {"best_metric": stage["best_metric"], "minus_baseline": gain}
+        if (stage.get("primary") or not variant) and gain is not None:
+            summary["student_minus_baseline"] = gain
+    if variants:
+        summary["variants"] = variants
     return summary
 
 

@@ -13,11 +13,13 @@ initialisation on the same data order with no teacher, so the report can show wh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from kdcore.config import variant_configs
 
 STRATEGIES = ("offline", "assistant_chain", "ensemble")
 
@@ -31,12 +33,26 @@ class Stage:
         arch: the architecture name handed to the task's ``build_model``.
         section: the config section holding the stage's optimiser settings ("teacher" or "student").
         distilled: True when the stage learns from a teacher, False for supervised-only training.
+        variant: the ``variants`` entry the stage belongs to ("" for shared stages and runs without).
+        primary: True for the run's main student, whose checkpoints are ``best.pt`` and ``last.pt``.
     """
 
     name: str
     arch: str
     section: str
     distilled: bool
+    variant: str = ""
+    primary: bool = False
+
+    @property
+    def label(self) -> str:
+        """The stage's name in metrics, summaries and reports: ``"kd/student"`` inside a variant."""
+        return f"{self.variant}/{self.name}" if self.variant else self.name
+
+    @property
+    def checkpoint_prefix(self) -> str:
+        """``""`` for the primary student, else ``"<variant>.<name>_"`` or ``"<name>_"``."""
+        return "" if self.primary else self.label.replace("/", ".") + "_"
 
     @property
     def is_teacher(self) -> bool:
@@ -76,10 +92,31 @@ def plan_stages(config: Mapping[str, Any]) -> list[Stage]:
     stages += [
         Stage(f"assistant{i + 1}", arch, "student", distilled=True) for i, arch in enumerate(assistants)
     ]
-    stages.append(Stage("student", config["student"]["arch"], "student", distilled=True))
+    stages.append(Stage("student", config["student"]["arch"], "student", distilled=True, primary=True))
     if distill["baseline"]:
         stages.append(Stage("baseline", config["student"]["arch"], "student", distilled=False))
     return stages
+
+
+def plan_run(config: Mapping[str, Any]) -> list[tuple[Stage, dict[str, Any]]]:
+    """Every stage of a run with the configuration it trains under, in order.
+
+    Without ``variants`` these are :func:`plan_stages`. With them, the teachers are trained once, then each
+    variant's assistants and student train under the run's config with the variant merged in, and the
+    no-KD baseline trains last. The first variant's student is the run's primary student.
+    """
+    base = {**config, "variants": {}}
+    shared = plan_stages(base)
+    if not config.get("variants"):
+        return [(stage, base) for stage in shared]
+    plan = [(stage, base) for stage in shared if stage.is_teacher]
+    for index, (name, variant_config) in enumerate(variant_configs(config)):
+        for stage in plan_stages(variant_config):
+            if not stage.is_teacher and stage.name != "baseline":
+                primary = index == 0 and stage.name == "student"
+                plan.append((replace(stage, variant=name, primary=primary), variant_config))
+    plan += [(stage, base) for stage in shared if stage.name == "baseline"]
+    return plan
 
 
 class EnsembleTeacher(nn.Module):

@@ -521,3 +521,11 @@ def test_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
     result = invoke("train", "--data", "images", "--dry-run")
     assert result.exit_code == 0, result.output
     assert tomllib.loads(result.stdout)["data"]["path"] == str(tmp_path / "images")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["schedules", "plot", "--help"]])
+def test_help_exits_zero(args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout
+    assert "Error" not in result.output

@@ -18,6 +18,7 @@ from kd_liverct import gtan
 from kd_liverct.data import DEFAULT_OPTIONS, build_datasets
 from kd_liverct.metrics import dice_ce_loss, evaluate_segmentation, split_image_label
 from kd_liverct.models import ARCHITECTURES, build_model
+from kd_liverct.overlays import draw_stage_overlays
 from kdcore import Task, TaskData, hookimpl
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "gtan_grow_until": 0.6,
         "phantom_cases": 12,
         "phantom_size": "small",
+        "overlay_cases": 1,  # validation cases drawn in report/overlays/ per stage; 0: none
     },
 }
 
@@ -114,5 +116,14 @@ def kd_epoch_end(run, epoch, metrics):
 
 @hookimpl
 def kd_fit_end(run, summary):
-    """Save the assistant and put its final size in the stage summary."""
+    """Save the assistant and put its final size in the stage summary; draw the stage's overlays."""
     gtan.finish(run, summary)
+    draw_stage_overlays(run, summary)
+
+
+@hookimpl
+def kd_register_commands(cli):
+    """Add ``kd predict``: segment new CT volumes with a trained liverct run."""
+    from kd_liverct.predict import register_command
+
+    register_command(cli)

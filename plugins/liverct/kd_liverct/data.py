@@ -504,6 +504,29 @@ def resolve_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def _deterministic_steps(opts: Mapping[str, Any], keys: tuple[str, ...]) -> list[Any]:
+    """Steps 1-6 of the module docstring (load, channel first, RAS, spacing, HU window, body crop).
+
+    ``keys`` is ``("image", "label")`` or ``("image",)``; the label, when present, is resampled with
+    nearest neighbour.
+    """
+    from monai import transforms as mt
+
+    modes = ("bilinear", "nearest")[: len(keys)]
+    return [
+        mt.LoadImaged(keys, reader="NibabelReader", image_only=True),
+        mt.EnsureChannelFirstd(keys),
+        mt.Orientationd(keys, axcodes="RAS", labels=None),  # None: follow the MetaTensor's space (RAS)
+        mt.Spacingd(keys, pixdim=opts["spacing"], mode=modes),
+        mt.ScaleIntensityRanged(
+            "image", a_min=float(opts["hu_min"]), a_max=float(opts["hu_max"]), b_min=0.0, b_max=1.0, clip=True
+        ),
+        mt.CropForegroundd(
+            keys, source_key="image", allow_smaller=True, start_coord_key=None, end_coord_key=None
+        ),
+    ]
+
+
 def build_transforms(options: Mapping[str, Any], train: bool) -> Compose:
     """The MONAI pipeline for training patches (``train=True``) or whole validation volumes.
 
@@ -514,18 +537,7 @@ def build_transforms(options: Mapping[str, Any], train: bool) -> Compose:
 
     opts = resolve_options(options)
     keys = ("image", "label")
-    steps: list[Any] = [
-        mt.LoadImaged(keys, reader="NibabelReader", image_only=True),
-        mt.EnsureChannelFirstd(keys),
-        mt.Orientationd(keys, axcodes="RAS", labels=None),  # None: follow the MetaTensor's space (RAS)
-        mt.Spacingd(keys, pixdim=opts["spacing"], mode=("bilinear", "nearest")),
-        mt.ScaleIntensityRanged(
-            "image", a_min=float(opts["hu_min"]), a_max=float(opts["hu_max"]), b_min=0.0, b_max=1.0, clip=True
-        ),
-        mt.CropForegroundd(
-            keys, source_key="image", allow_smaller=True, start_coord_key=None, end_coord_key=None
-        ),
-    ]
+    steps = _deterministic_steps(opts, keys)
     if train:
         patch = opts["patch_size"]
         steps += [
@@ -549,6 +561,22 @@ def build_transforms(options: Mapping[str, Any], train: bool) -> Compose:
                 mt.RandShiftIntensityd("image", offsets=jitter, prob=0.5),
             ]
     steps.append(mt.EnsureTyped(keys, dtype=(torch.float32, torch.long), track_meta=not train))
+    return mt.Compose(steps)
+
+
+def build_inference_transforms(options: Mapping[str, Any]) -> Compose:
+    """The validation pipeline for an image alone (no label), for prediction on new volumes.
+
+    Items are ``{"image": path}``; the steps are those of ``build_transforms(options, train=False)``
+    (steps 1-6 and 11 of the module docstring) applied to the image only. The result is a float32
+    ``MetaTensor`` ``[1, X, Y, Z]`` that records every spatial step, so ``monai.transforms.Invertd`` can
+    map a prediction back onto the input file's voxel grid.
+    """
+    from monai import transforms as mt
+
+    opts = resolve_options(options)
+    steps = _deterministic_steps(opts, ("image",))
+    steps.append(mt.EnsureTyped("image", dtype=torch.float32, track_meta=True))
     return mt.Compose(steps)
 
 

@@ -1,0 +1,63 @@
+"""Atomic writes and safe checkpoint loads."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+import pytest
+import torch
+
+from kdcore.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def test_an_atomic_write_gets_an_ordinary_files_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a" / "config.toml", "x = 1\n")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "x = 1\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = atomic_write_text(tmp_path / "metrics.json", "old")
+
+    def fail(fh):
+        fh.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_checkpoints_round_trip_with_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "epoch": 4, "arch": "linear"})
+    state = load_checkpoint(path)
+    assert state["epoch"] == 4 and state["arch"] == "linear" and "format" in state
+    torch.testing.assert_close(state["model"]["weight"], model.weight.detach())
+
+
+def test_unreadable_checkpoints_are_errors_that_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "missing.pt"))):
+        load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=re.escape("garbage.pt could not be read")):
+        load_checkpoint(garbage)
+    no_model = save_checkpoint(tmp_path / "nomodel.pt", {"epoch": 1})
+    with pytest.raises(
+        CheckpointError, match=re.escape("nomodel.pt is not a kdcore checkpoint (no 'model' entry)")
+    ):
+        load_checkpoint(no_model)
