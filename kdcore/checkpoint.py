@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +45,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(root: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory tree all at once: yield a staging folder that becomes ``root`` on success.
+
+    ``root`` must not exist or be an empty directory (else :class:`FileExistsError` naming it, and
+    nothing is touched). The staging folder is a sibling of ``root`` made with the process umask; if the
+    ``with`` body raises (Ctrl-C included) it is removed, so an interrupted export leaves nothing behind.
+    """
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} already exists and is not an empty directory; choose another path")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    staging.mkdir()
+    try:
+        yield staging
+        if root.exists():  # empty (checked above); rename() cannot replace a directory everywhere
+            root.rmdir()
+        staging.rename(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

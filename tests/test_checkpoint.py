@@ -11,6 +11,7 @@ import torch
 
 from kdcore.checkpoint import (
     CheckpointError,
+    atomic_directory,
     atomic_write,
     atomic_write_text,
     load_checkpoint,
@@ -61,3 +62,22 @@ def test_unreadable_checkpoints_are_errors_that_name_the_file(tmp_path):
         CheckpointError, match=re.escape("nomodel.pt is not a kdcore checkpoint (no 'model' entry)")
     ):
         load_checkpoint(no_model)
+
+
+def test_an_atomic_directory_appears_whole_or_not_at_all(tmp_path):
+    with atomic_directory(tmp_path / "tree") as staging:
+        (staging / "a.txt").write_text("a")
+        assert not (tmp_path / "tree").exists()  # nothing visible until the block ends
+    assert (tmp_path / "tree" / "a.txt").read_text() == "a"
+
+    with pytest.raises(KeyboardInterrupt), atomic_directory(tmp_path / "broken") as staging:
+        (staging / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]  # no root, no staging folder
+
+    with (
+        pytest.raises(FileExistsError, match=re.escape(str(tmp_path / "tree"))),
+        atomic_directory(tmp_path / "tree"),
+    ):
+        pass
+    assert [p.name for p in (tmp_path / "tree").iterdir()] == ["a.txt"]

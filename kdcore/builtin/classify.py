@@ -9,9 +9,6 @@ downloaded).
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
+from kdcore.checkpoint import atomic_directory
 from kdcore.hookspecs import hookimpl
 from kdcore.tasks import Task, TaskData
 
@@ -129,16 +127,9 @@ def write_digits_imagefolder(root: str | Path, val_fraction: float = 0.2) -> Pat
     """
     from sklearn.datasets import load_digits
 
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} already exists and is not an empty directory; choose another path")
-    root.parent.mkdir(parents=True, exist_ok=True)
     digits = load_digits()
     train_idx, val_idx = _split_indices(len(digits.target), val_fraction)
-    # mkdir (not tempfile.mkdtemp, which makes the tree private to its owner) honours the umask.
-    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-    staging.mkdir()
-    try:
+    with atomic_directory(root) as staging:
         for split, indices in (("train", train_idx), ("val", val_idx)):
             for label in range(10):
                 (staging / split / str(label)).mkdir(parents=True)
@@ -146,13 +137,7 @@ def write_digits_imagefolder(root: str | Path, val_fraction: float = 0.2) -> Pat
                 pixels = np.clip(digits.images[i] * (255.0 / 16.0), 0, 255).astype(np.uint8)
                 path = staging / split / str(digits.target[i]) / f"{i:04d}.png"
                 Image.fromarray(pixels, mode="L").save(path, format="PNG")
-        if root.exists():
-            root.rmdir()
-        staging.rename(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+    return Path(root)
 
 
 # --- models --------------------------------------------------------------------------------------

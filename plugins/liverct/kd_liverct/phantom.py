@@ -84,9 +84,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import secrets
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +91,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from kdcore.checkpoint import atomic_directory
 
 __all__ = ["PHANTOM_SIZES", "write_phantom_dataset"]
 
@@ -140,17 +139,7 @@ def write_phantom_dataset(root: str | Path, num_cases: int = 12, seed: int = 0, 
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     num_cases, seed = int(num_cases), int(seed)
 
-    root = Path(root)
-    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
-        raise FileExistsError(
-            f"refusing to write the liver CT phantom into {root}: it exists and is not empty"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-
-    # A plain mkdir (not tempfile.mkdtemp, which makes it 0700) so that the data set gets the usual umask.
-    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-    staging.mkdir()
-    try:
+    with atomic_directory(root) as staging:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
         training = []
@@ -184,13 +173,7 @@ def write_phantom_dataset(root: str | Path, num_cases: int = 12, seed: int = 0, 
             "test": [],
         }
         (staging / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
-        if root.exists():  # an empty directory (checked above): rename() cannot replace it everywhere
-            root.rmdir()
-        staging.rename(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+    return Path(root)
 
 
 # ----------------------------------------------------------------------------------------------- geometry
