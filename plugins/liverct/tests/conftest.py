@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from kdcore.plugins import reset_registry
+from liverct_tiny import liverct_only
 
 
 @pytest.fixture(scope="session")
@@ -14,10 +13,6 @@ def data_home(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(autouse=True)
-def liverct_only(monkeypatch, data_home):
-    monkeypatch.setenv("KD_LOAD_PLUGINS", "liverct")
-    monkeypatch.setenv("KD_DATA_HOME", str(data_home))
-    monkeypatch.delenv("KD_TRACE_PLUGINS", raising=False)
-    reset_registry()
-    yield
-    reset_registry()
+def liverct_environment(data_home):
+    with liverct_only(data_home):
+        yield

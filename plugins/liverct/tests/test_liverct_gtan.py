@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
-from rich.console import Console
+from liverct_tiny import liverct_only, tiny_fit
 
 from kd_liverct import DEFAULTS
 from kd_liverct.gtan import width_schedule
 from kd_liverct.models import GTAN_ARCH
 from kdcore.checkpoint import load_checkpoint
-from kdcore.config import resolve
-from kdcore.engine import fit
-from kdcore.plugins import get_registry
 from kdcore.report import read_metrics
-
-#: Four phantom cases (three to train, one to validate), small patches: a stage takes a few seconds.
-TINY = (
-    "options.phantom_cases=4",
-    "options.patch_size=[32, 32, 16]",
-    "options.samples_per_volume=2",
-    "teacher.arch='unet_30k'",
-    "teacher.epochs=2",
-    "student.epochs=4",
-    "train.log_every=1",
-    "train.progress=false",
-    "distill.baseline=false",
-)
-
-
-def tiny_fit(tmp_path, *sets: str):
-    config = resolve(DEFAULTS, sets=[*TINY, *sets], overrides={"plugin": "liverct", "out_dir": str(tmp_path)})
-    config["task"] = "liver"
-    return fit(config, get_registry(), console=Console(file=io.StringIO()))
 
 
 def records(run_dir, split: str, stage: str | None = None) -> list[dict]:
@@ -52,13 +29,8 @@ def test_the_width_schedule_is_linear_to_full_width_then_flat():
 
 @pytest.fixture(scope="module")
 def gtan_run(tmp_path_factory, data_home):
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("KD_LOAD_PLUGINS", "liverct")
-    monkeypatch.setenv("KD_DATA_HOME", str(data_home))
-    try:
-        yield tiny_fit(tmp_path_factory.mktemp("gtan"))
-    finally:
-        monkeypatch.undo()
+    with liverct_only(data_home):
+        return tiny_fit(tmp_path_factory.mktemp("gtan"))
 
 
 def test_the_assistant_grows_along_the_schedule_at_every_step(gtan_run):

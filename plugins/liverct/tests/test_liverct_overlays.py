@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from liverct_tiny import liverct_only, tiny_fit
 from monai.data import MetaTensor
 from PIL import Image
-from test_liverct_gtan import tiny_fit  # the TINY run settings (tests/ is on sys.path, not a package)
 
 from kd_liverct import overlays
 from kd_liverct.metrics import evaluate_segmentation
@@ -302,18 +302,13 @@ def test_a_failed_figure_is_reported_without_ending_the_run(fake_run, monkeypatc
 
 @pytest.fixture(scope="module")
 def overlay_run(tmp_path_factory, data_home):
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("KD_LOAD_PLUGINS", "liverct")
-    monkeypatch.setenv("KD_DATA_HOME", str(data_home))
-    try:
-        yield tiny_fit(
+    with liverct_only(data_home):
+        return tiny_fit(
             tmp_path_factory.mktemp("overlays"),
             "teacher.epochs=1",
             "student.epochs=1",
             "distill.baseline=true",
         )
-    finally:
-        monkeypatch.undo()
 
 
 def test_every_stage_of_a_run_gets_its_overlay_in_the_report(overlay_run):

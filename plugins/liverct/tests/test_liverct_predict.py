@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -14,62 +11,34 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from rich.console import Console
+from liverct_tiny import liverct_only, tiny_fit
 from torch import nn
 
 from kd_liverct import DEFAULTS
 from kd_liverct.data import resolve_options
 from kd_liverct.predict import PredictError, collect_inputs, plan_outputs, predict_volume
 from kdcore.cli import _add_plugin_commands, cli
-from kdcore.config import resolve
-from kdcore.engine import fit
-from kdcore.plugins import get_registry, reset_registry
+from kdcore.plugins import get_registry
 
-#: Four phantom cases, small patches, a weak teacher and a short student stage with a high learning
-#: rate: enough for the student to find the liver (dice about 0.45) in a few seconds.
-TINY = (
-    "options.phantom_cases=4",
-    "options.patch_size=[32, 32, 16]",
-    "options.samples_per_volume=2",
+#: On top of the shared tiny run: a weak teacher and a short student stage with a high learning rate,
+#: enough for the student to find the liver (dice about 0.45) in a few seconds.
+PREDICT_RUN = (
     "options.gtan=false",
-    "teacher.arch='unet_30k'",
     "teacher.epochs=1",
     "teacher.lr=0.01",
     "student.arch='unet_30k'",
     "student.epochs=2",
     "student.lr=0.02",
-    "train.log_every=1",
-    "train.progress=false",
-    "distill.baseline=false",
 )
 #: liver_000 is stored LPS (x and y flipped against RAS), liver_003 LPI (all three axes flipped).
 CASES = ("liver_000", "liver_003")
-
-
-@contextlib.contextmanager
-def liverct_only(data_home: Path) -> Iterator[None]:
-    """What conftest's autouse fixture does per test, for module-scoped fixtures (set up before it)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("KD_LOAD_PLUGINS", "liverct")
-        monkeypatch.setenv("KD_DATA_HOME", str(data_home))
-        reset_registry()
-        try:
-            yield
-        finally:
-            reset_registry()
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_home) -> Path:
     """A tiny liverct run (about 5 s); it writes the 4-case phantom under ``data_home`` if needed."""
     with liverct_only(data_home):
-        config = resolve(
-            DEFAULTS,
-            sets=list(TINY),
-            overrides={"plugin": "liverct", "out_dir": str(tmp_path_factory.mktemp("runs"))},
-        )
-        config["task"] = "liver"
-        return fit(config, get_registry(), console=Console(file=io.StringIO())).run_dir
+        return tiny_fit(tmp_path_factory.mktemp("runs"), *PREDICT_RUN).run_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,56 @@
+"""Shared by the liverct tests: the plugin-only environment and a tiny run (a stage takes a few seconds).
+
+Imported as ``from liverct_tiny import ...`` (pytest puts this folder on ``sys.path``; it is not a package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kd_liverct import DEFAULTS
+from kdcore.config import resolve
+from kdcore.engine import FitResult, fit
+from kdcore.plugins import get_registry, reset_registry
+
+#: Four phantom cases (three to train, one to validate), small patches, a 30k teacher.
+TINY = (
+    "options.phantom_cases=4",
+    "options.patch_size=[32, 32, 16]",
+    "options.samples_per_volume=2",
+    "teacher.arch='unet_30k'",
+    "teacher.epochs=2",
+    "student.epochs=4",
+    "train.log_every=1",
+    "train.progress=false",
+    "distill.baseline=false",
+)
+
+
+@contextlib.contextmanager
+def liverct_only(data_home: Path) -> Iterator[None]:
+    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``.
+
+    conftest's autouse fixture does this per test; module-scoped fixtures, set up before it, use it too.
+    """
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("KD_LOAD_PLUGINS", "liverct")
+        monkeypatch.setenv("KD_DATA_HOME", str(data_home))
+        monkeypatch.delenv("KD_TRACE_PLUGINS", raising=False)
+        reset_registry()
+        try:
+            yield
+        finally:
+            reset_registry()
+
+
+def tiny_fit(out_dir: Path, *sets: str) -> FitResult:
+    """Fit the liver task with :data:`TINY` and then ``sets`` (later items win) into ``out_dir``."""
+    config = resolve(DEFAULTS, sets=[*TINY, *sets], overrides={"plugin": "liverct", "out_dir": str(out_dir)})
+    config["task"] = "liver"
+    return fit(config, get_registry(), console=Console(file=io.StringIO()))
