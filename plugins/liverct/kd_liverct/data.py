@@ -392,6 +392,36 @@ def _check_label_values(path: Path, scan: _Scan, classes: Mapping[int, str]) -> 
         raise _BadFile(f"{path}: label values {extra} are not among the declared classes ({declared})")
 
 
+def _checked_image(path: Path, hu_min: float | None) -> Any:
+    """The opened image, after a full read: finite voxels, some above ``hu_min`` when it is given."""
+    img = _open_nifti(path)
+    scan = _scan_voxels(path, img, collect_values=False)
+    if hu_min is not None and scan.high <= hu_min:
+        raise _BadFile(
+            f"{path}: no voxel is above options.hu_min = {hu_min:g} HU (values {scan.low:g}.."
+            f"{scan.high:g}), so the body crop would be empty; is this CT in Hounsfield units?"
+        )
+    return img
+
+
+def check_images(paths: Sequence[Path], hu_min: float) -> None:
+    """Each path is a readable 3-D NIfTI volume, all its voxels finite, some above ``hu_min`` (inference).
+
+    Raises:
+        LiverDataError: naming the first bad file, and how many are bad when more than one is.
+    """
+    problems: list[str] = []
+    for path in paths:
+        try:
+            _checked_image(Path(path), hu_min)
+        except _BadFile as bad:
+            problems.append(str(bad))
+    if len(problems) == 1:
+        raise LiverDataError(problems[0])
+    if problems:
+        raise LiverDataError(f"{len(problems)} of {len(paths)} input files are bad; the first: {problems[0]}")
+
+
 def check_cases(
     cases: Sequence[Case],
     classes: Mapping[int, str],
@@ -421,16 +451,12 @@ def check_cases(
         opened = {}
         for role, path in (("image", case.image), ("label", case.label)):
             try:
-                img = _open_nifti(path)
-                scan = _scan_voxels(path, img, collect_values=role == "label")
-                if role == "label":
-                    _check_label_values(path, scan, classes)
-                elif hu_min is not None and scan.high <= hu_min:
-                    raise _BadFile(
-                        f"{path}: no voxel is above options.hu_min = {hu_min:g} HU (values {scan.low:g}.."
-                        f"{scan.high:g}), so the body crop would be empty; is this CT in Hounsfield units?"
-                    )
-                opened[role] = img
+                if role == "image":
+                    opened[role] = _checked_image(path, hu_min)
+                else:
+                    img = _open_nifti(path)
+                    _check_label_values(path, _scan_voxels(path, img, collect_values=True), classes)
+                    opened[role] = img
             except _BadFile as bad:
                 problems.append(str(bad))
         if len(opened) < 2:

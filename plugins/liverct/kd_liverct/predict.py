@@ -33,13 +33,10 @@ from monai.transforms import Invertd
 from torch import nn
 
 from kd_liverct.data import (
-    LiverDataError,
-    _BadFile,
     _natural_key,
-    _open_nifti,
-    _scan_voxels,
     _strip_nii,
     build_inference_transforms,
+    check_images,
     resolve_options,
 )
 from kd_liverct.metrics import sliding_window_logits
@@ -202,30 +199,6 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return list(unique.values())
 
 
-def check_inputs(paths: Sequence[Path], hu_min: float) -> None:
-    """Each input is a readable 3-D NIfTI volume, all its voxels finite, some above ``hu_min``.
-
-    Raises:
-        LiverDataError: one line naming the first bad file (and how many are bad).
-    """
-    problems: list[str] = []
-    for path in paths:
-        try:
-            img = _open_nifti(path)
-            scan = _scan_voxels(path, img, collect_values=False)
-            if scan.high <= hu_min:
-                raise _BadFile(
-                    f"{path}: no voxel is above options.hu_min = {hu_min:g} HU (values {scan.low:g}.."
-                    f"{scan.high:g}), so there is no body to segment; is this CT in Hounsfield units?"
-                )
-        except _BadFile as bad:
-            problems.append(str(bad))
-    if len(problems) == 1:
-        raise LiverDataError(problems[0])
-    if problems:
-        raise LiverDataError(f"{len(problems)} of {len(paths)} input files are bad; the first: {problems[0]}")
-
-
 def output_path(input_path: Path, output_dir: Path) -> Path:
     """``output_dir / <name>_seg.nii.gz`` for ``<name>.nii.gz``, ``<name>_seg.nii`` for ``<name>.nii``."""
     suffix = ".nii.gz" if input_path.name.endswith(".nii.gz") else ".nii"
@@ -364,7 +337,7 @@ def predict_paths(
     paths = collect_inputs(inputs)
     out_dir = Path(output_dir).expanduser().absolute()
     targets = plan_outputs(paths, out_dir, overwrite)
-    check_inputs(paths, float(options["hu_min"]))
+    check_images(paths, float(options["hu_min"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     names = _class_names(state["data_info"], int(state["data_info"].get("num_classes", 0)))
     written: list[Path] = []
