@@ -52,7 +52,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "teacher_weights": [],
         "baseline": True,
     },
-    "train": {"log_every": 10, "progress": True, "amp": True, "grad_clip": 0.0},
+    "train": {"log_every": 10, "eval_every": 1, "progress": True, "amp": True, "grad_clip": 0.0},
     "options": {},
     "variants": {},
 }
@@ -61,6 +61,16 @@ CORE_DEFAULTS: dict[str, Any] = {
 SHARED_KEYS = ("plugin", "task", "seed", "device", "out_dir", "run_name", "with_plugins", "data", "teacher")
 SHARED_DISTILL_KEYS = ("baseline", "extra_teachers", "teacher_weights")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+#: Counts that must be at least 1 (a stage of 0 epochs has no checkpoint to hand on).
+AT_LEAST_ONE = (
+    "teacher.epochs",
+    "student.epochs",
+    "data.batch_size",
+    "data.eval_batch_size",
+    "train.log_every",
+    "train.eval_every",
+)
 
 #: Keys whose value is a schedule spec (a number or a table with a ``name``): free-form here.
 SCHEDULE_KEYS = ("distill.temperature", "distill.alpha")
@@ -128,6 +138,8 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any], source: str, 
             raise ConfigError(
                 f"{path!r} in {source} must be {_type_name(expected)}, got {_type_name(value)} ({value!r})"
             )
+        if path in AT_LEAST_ONE and not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"{path!r} in {source} must be an integer of at least 1, got {value!r}")
 
 
 def _unknown_key_hint(key: str, schema: Mapping[str, Any], prefix: str) -> str:

@@ -101,7 +101,10 @@ def kd_epoch_start(run, epoch):
 def kd_epoch_end(run, epoch, metrics):
     """Called at the end of every epoch, after validation, with the epoch's logged ``metrics`` dict.
 
-    A plugin may add entries to ``metrics`` before they are written to ``metrics.jsonl``.
+    A plugin may add entries to ``metrics`` before they are written to ``metrics.jsonl``. In an epoch
+    that does not validate (``train.eval_every > 1``) ``metrics`` is ``{"stage", "split": "epoch",
+    "epoch", "step", "train_loss"}``; after validation, ``split`` is ``"val"`` and the task's metrics
+    are in it.
     """
 
 

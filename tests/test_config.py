@@ -344,3 +344,18 @@ def test_read_toml_of_invalid_toml_names_the_file(tmp_path):
     bad.write_text("seed = = 3\n")
     with pytest.raises(ConfigError, match=rf"config file {bad} is not valid TOML: "):
         read_toml(bad)
+
+
+@pytest.mark.parametrize("key", ["teacher.epochs", "student.epochs", "data.batch_size", "train.eval_every"])
+def test_counts_below_one_are_refused_with_the_key(key):
+    with pytest.raises(
+        ConfigError, match=rf"'{key}' in --set {key}=0 must be an integer of at least 1, got 0"
+    ):
+        resolve({}, sets=[f"{key}=0"])
+
+
+def test_a_variant_count_below_one_is_refused_with_the_variant():
+    with pytest.raises(
+        ConfigError, match=r"'student.epochs' in --set .* \(variants.v\) must be an integer of at"
+    ):
+        resolve({}, sets=["variants.v.student.epochs=0"])

@@ -195,6 +195,40 @@ def test_stop_requested_ends_the_stage_after_that_epoch(tmp_path, monkeypatch, h
     assert [r["epoch"] for r in records(result.run_dir, "val", "baseline")] == [0, 1, 2, 3]
 
 
+def test_eval_every_validates_every_nth_and_the_last_epoch(tmp_path, monkeypatch):
+    seen = []
+
+    @hookimpl
+    def kd_epoch_end(run, epoch, metrics):
+        if run.stage == "student":
+            seen.append((epoch, metrics["split"], "accuracy" in metrics))
+
+    result = run_tiny(tmp_path, monkeypatch, kd_epoch_end, sets=["student.epochs=5", "train.eval_every=2"])
+    assert seen == [
+        (0, "epoch", False),
+        (1, "val", True),
+        (2, "epoch", False),
+        (3, "val", True),
+        (4, "val", True),
+    ]
+    assert [r["epoch"] for r in records(result.run_dir, "val", "student")] == [1, 3, 4]
+    assert [r["epoch"] for r in records(result.run_dir, "epoch", "student")] == [0, 2]
+    assert result.summary["stages"]["student"]["best_epoch"] in (1, 3, 4)
+    assert len(records(result.run_dir, "train", "student")) == 5 * STEPS_PER_EPOCH
+
+
+def test_a_stop_asked_in_an_epoch_without_validation_ends_after_the_next_one(tmp_path, monkeypatch):
+    @hookimpl
+    def kd_epoch_end(run, epoch, metrics):
+        if run.stage == "student" and epoch == 0:
+            run.stop_requested = True
+
+    result = run_tiny(tmp_path, monkeypatch, kd_epoch_end, sets=["student.epochs=6", "train.eval_every=3"])
+    assert result.summary["stages"]["student"]["epochs"] == 2
+    assert [r["epoch"] for r in records(result.run_dir, "val", "student")] == [1]
+    assert (result.run_dir / "checkpoints" / "best.pt").is_file()
+
+
 @pytest.mark.parametrize("name", ["total", "supervised", "temperature", "alpha", "signals"])
 def test_a_loss_term_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch, name):
     @hookimpl

@@ -21,10 +21,11 @@ from kdcore.report import read_metrics
 TASK = tiny_task(distill={"alpha": 0.6})
 VARIANTS = {
     "plain": {},
-    "hot": {"distill": {"temperature": {"name": "linear", "start": 8.0, "end": 2.0}}},
+    "hot": {"distill": {"temperature": {"name": "linear", "start": 8.0, "end": 2.0}, "loss": "mse_logits"}},
     "chain": {"distill": {"strategy": "assistant_chain", "assistants": ["mlp"]}, "student": {"epochs": 1}},
 }
 SEEN: list[tuple[str, str, float]] = []
+LOSSES: list[tuple[str, str]] = []
 
 
 @hookimpl
@@ -35,6 +36,8 @@ def kd_register_tasks(register):
 @hookimpl
 def kd_fit_start(run):
     SEEN.append((run.variant, run.stage, run.config["student"]["epochs"]))
+    if run.distilling:
+        LOSSES.append((run.stage if not run.variant else f"{run.variant}/{run.stage}", run.kd_loss.__name__))
 
 
 def registry(monkeypatch) -> Registry:
@@ -57,6 +60,7 @@ def result(tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
     try:
         SEEN.clear()
+        LOSSES.clear()
         cfg = config(tmp_path_factory.mktemp("variants"))
         yield fit(cfg, registry(monkeypatch), console=Console(file=io.StringIO()))
     finally:
@@ -102,6 +106,15 @@ def test_each_variant_uses_its_own_schedules(result):
     hot = [r["temperature"] for r in train if r["stage"] == "hot/student"]
     assert set(plain) == {4.0}
     assert hot[0] == 8.0 and hot == sorted(hot, reverse=True) and hot[-1] > 2.0
+
+
+def test_each_variant_distils_with_its_own_loss(result):
+    assert LOSSES == [
+        ("plain/student", "soft_target_kl"),
+        ("hot/student", "mse_logits"),
+        ("chain/assistant1", "soft_target_kl"),
+        ("chain/student", "soft_target_kl"),
+    ]
 
 
 def test_the_summary_compares_every_variant_with_the_baseline(result):

@@ -23,13 +23,22 @@ from kdcore import Task, TaskData, hookimpl
 
 __version__ = "0.1.0"
 
+#: The four-way comparison of the issue, in one run: the teacher trains once, then each variant's student
+#: learns from it (GTAN first: its student is the run's primary, ``checkpoints/best.pt``), and the no-KD
+#: baseline trains last. ``kd train --plugin liverct --variant kd`` trains one of them.
+VARIANTS: dict[str, Any] = {
+    "gtan": {"options": {"gtan": True}},
+    "kd": {},
+    "takd": {"distill": {"strategy": "assistant_chain", "assistants": ["unet_assistant"]}},
+}
+
 #: The CPU default: a few minutes on 2 cores. BENCHMARKS.md and the README give the GPU-sized config.
 DEFAULTS: dict[str, Any] = {
     "teacher": {"arch": "unet_teacher_cpu", "epochs": 40, "lr": 3e-3},
     "student": {"arch": "unet_100k", "epochs": 40, "lr": 3e-3},
     "data": {"batch_size": 2, "eval_batch_size": 1},
     "distill": {
-        "loss": "dense_kl",
+        "loss": "dice_kl",
         "temperature": {"name": "constant", "value": 2.0},
         "alpha": {"name": "constant", "value": 0.5},
     },
@@ -37,13 +46,14 @@ DEFAULTS: dict[str, Any] = {
     "options": {
         **DEFAULT_OPTIONS,
         "spacing": [4.0, 4.0, 6.0],  # coarse enough for 2 CPU cores; the GPU config uses 2 x 2 x 4 mm
-        "gtan": True,
+        "gtan": False,  # the gtan variant turns it on
         "gtan_start": 0.7,
         "gtan_grow_until": 0.6,
-        "phantom_cases": 12,
+        "phantom_cases": 16,
         "phantom_size": "small",
         "overlay_cases": 1,  # validation cases drawn in report/overlays/ per stage; 0: none
     },
+    "variants": VARIANTS,
 }
 
 
@@ -54,10 +64,10 @@ def data_home() -> Path:
 
 def phantom_root(options: Mapping[str, Any]) -> Path:
     """The phantom data set for ``options``, written on first use (atomically) and reused after."""
-    from kd_liverct.phantom import write_phantom_dataset
+    from kd_liverct.phantom import PHANTOM_VERSION, write_phantom_dataset
 
     cases, size = int(options["phantom_cases"]), str(options["phantom_size"])
-    root = data_home() / "liverct" / f"phantom-{size}-{cases}-seed0"
+    root = data_home() / "liverct" / f"phantom-v{PHANTOM_VERSION}-{size}-{cases}-seed0"
     if not (root / "dataset.json").is_file():
         write_phantom_dataset(root, num_cases=cases, seed=0, size=size)
     return root
@@ -88,6 +98,14 @@ LIVER = Task(
 def kd_register_tasks(register):
     """Register the ``liver`` task."""
     register(LIVER)
+
+
+@hookimpl
+def kd_register_losses(register):
+    """Register ``dice_kl``: dense KL plus a soft Dice on the teacher's probabilities (class-balanced)."""
+    from kd_liverct.losses import dice_kl
+
+    register("dice_kl", dice_kl)
 
 
 @hookimpl

@@ -44,10 +44,13 @@ Deterministic part, computed once per volume and kept in memory by ``monai.data.
 
 Training only, after the cache (random, so a fresh draw every epoch without reloading anything):
 
-7. ``SpatialPadd`` to ``patch_size`` (zero = air after scaling), deterministic, so still cached.
-8. ``RandCropByPosNegLabeld(spatial_size=patch_size, pos=1, neg=1, num_samples=samples_per_volume,
-   image_key="image")``: half the patches centred on liver/tumour, half on background inside the body
-   (``image > 0``), so few patches are pure air. Returns a list of ``samples_per_volume`` items per volume.
+7. ``SpatialPadd`` to ``patch_size`` (zero = air after scaling), then ``ClassesToIndicesd``: the voxel
+   indices of each class (background only inside the body, ``image > 0``), both deterministic, so cached.
+8. ``RandCropByLabelClassesd(spatial_size=patch_size, ratios=crop_ratios, num_samples=samples_per_volume)``:
+   each patch is centred on a voxel of a class drawn with the weights ``crop_ratios`` (background, liver,
+   tumour; default equal), so a tumour, often under 1 % of the voxels, is at the centre of about a third
+   of the patches of a volume that has one. A class absent from a volume is skipped for that volume.
+   Returns a list of ``samples_per_volume`` items per volume.
 9. ``RandFlipd`` along each of the three axes with probability ``flip_prob``.
 10. If ``intensity_jitter > 0``: ``RandScaleIntensityd(factors=j)`` and ``RandShiftIntensityd(offsets=j)``,
     each with probability 0.5 (intensities may then leave ``[0, 1]`` by up to about ``2j``).
@@ -105,6 +108,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "hu_max": 250.0,
     "patch_size": [64, 64, 32],
     "samples_per_volume": 2,
+    "crop_ratios": [1.0, 1.0, 1.0],
     "flip_prob": 0.5,
     "intensity_jitter": 0.0,
     "val_fraction": 0.25,
@@ -122,6 +126,7 @@ LITS_CLASSES: dict[int, str] = {0: "background", 1: "liver", 2: "tumour"}
 
 _LITS_FILE = re.compile(r"(volume|segmentation)-(\d+)\.nii(\.gz)?")
 _MAX_LISTED = 20
+_INDICES = "_class_indices"  # suffix of the cached per-class voxel indices (dropped after cropping)
 _MAX_LABEL_VALUES = 256
 _CHUNK_BYTES = 1 << 22
 
@@ -522,6 +527,18 @@ def resolve_options(options: Mapping[str, Any]) -> dict[str, Any]:
     opts["patch_size"] = _triple(opts, "patch_size", int)
     if not float(opts["hu_min"]) < float(opts["hu_max"]):
         raise ValueError(f"options.hu_min ({opts['hu_min']}) must be below options.hu_max ({opts['hu_max']})")
+    ratios = opts["crop_ratios"]
+    if not (
+        isinstance(ratios, list | tuple)
+        and ratios
+        and all(isinstance(r, int | float) and r >= 0 for r in ratios)
+        and any(r > 0 for r in ratios)
+    ):
+        raise ValueError(
+            "options.crop_ratios must be a list of non-negative weights, one per class (background, liver, "
+            f"tumour), not all zero; got {ratios!r}"
+        )
+    opts["crop_ratios"] = [float(r) for r in ratios]
     if int(opts["samples_per_volume"]) < 1:
         raise ValueError(f"options.samples_per_volume must be at least 1, got {opts['samples_per_volume']}")
     for key, low, high in (("flip_prob", 0, 1), ("cache_rate", 0, 1), ("intensity_jitter", 0, math.inf)):
@@ -565,19 +582,27 @@ def build_transforms(options: Mapping[str, Any], train: bool) -> Compose:
     keys = ("image", "label")
     steps = _deterministic_steps(opts, keys)
     if train:
-        patch = opts["patch_size"]
+        patch, ratios = opts["patch_size"], opts["crop_ratios"]
         steps += [
             mt.SpatialPadd(keys, spatial_size=patch),
-            mt.RandCropByPosNegLabeld(
-                keys,
-                label_key="label",
-                spatial_size=patch,
-                pos=1,
-                neg=1,
-                num_samples=int(opts["samples_per_volume"]),
+            mt.ClassesToIndicesd(
+                "label",
+                num_classes=len(ratios),
+                indices_postfix=_INDICES,
                 image_key="image",
                 image_threshold=0.0,
             ),
+            mt.RandCropByLabelClassesd(
+                keys,
+                label_key="label",
+                spatial_size=patch,
+                ratios=ratios,
+                num_classes=len(ratios),
+                num_samples=int(opts["samples_per_volume"]),
+                indices_key="label" + _INDICES,
+                warn=False,
+            ),
+            mt.DeleteItemsd("label" + _INDICES),
             *(mt.RandFlipd(keys, prob=float(opts["flip_prob"]), spatial_axis=axis) for axis in range(3)),
         ]
         jitter = float(opts["intensity_jitter"])
@@ -655,6 +680,11 @@ def build_datasets(
     cases, classes = find_cases(root)
     if check:
         check_cases(cases, classes, hu_min=float(opts["hu_min"]))
+    if len(opts["crop_ratios"]) != len(classes):
+        raise LiverDataError(
+            f"options.crop_ratios has {len(opts['crop_ratios'])} weights but {root} declares "
+            f"{len(classes)} classes ({', '.join(classes.values())}): give one weight per class"
+        )
     train_cases, val_cases = split_cases(cases, float(opts["val_fraction"]))
 
     def dataset(subset: list[Case], train: bool) -> Any:

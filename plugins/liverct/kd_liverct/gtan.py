@@ -8,9 +8,9 @@ what we could read of the paper, so this is our design:
   ``options.gtan = true``). There is no separate assistant stage to train, unlike TAKD (Mirzadeh et
   al., 2020), which trains the assistant fully before the student starts: that is the cost GTAN saves.
 * **What each step does.** ``kd_soft_targets`` runs the frozen teacher, takes one optimiser step of the
-  assistant on ``(1 - alpha) * (Dice + CE) + alpha * dense KL(teacher -> assistant, T)``, and returns the
-  assistant's logits (detached) as the student's soft targets. The student therefore always learns from
-  a model only somewhat larger than itself.
+  assistant on ``(1 - alpha) * (Dice + CE) + alpha * KD(teacher -> assistant, T)`` (KD: ``distill.loss``),
+  and returns the assistant's logits (detached) as the student's soft targets. The student therefore
+  always learns from a model only somewhat larger than itself.
 * **How it grows.** The assistant is a :class:`~kd_liverct.models.GrowingUNet` at the width of
   ``unet_assistant``. Its active width starts at ``options.gtan_start`` (default 0.7: 7-14-28-56
   channels, the ``unet_100k`` student's) and rises along a kdcore piecewise-linear schedule to 1.0
@@ -35,7 +35,6 @@ import torch
 
 from kd_liverct.models import ARCHITECTURES, GTAN_ARCH, GrowingUNet
 from kdcore.checkpoint import save_checkpoint
-from kdcore.losses import dense_kl
 from kdcore.schedules import Piecewise, Schedule
 
 STATE_KEY = "liverct.gtan"
@@ -106,7 +105,7 @@ def soft_targets(run: Any, inputs: torch.Tensor, batch: Any) -> torch.Tensor | N
     with torch.enable_grad():
         logits = assistant(inputs)
         supervised = run.task.supervised_loss(logits, labels)
-        distill = dense_kl(logits, teacher_logits, run.temperature)
+        distill = run.kd_loss(logits, teacher_logits, run.temperature)
         loss = (1.0 - run.alpha) * supervised + run.alpha * distill
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()

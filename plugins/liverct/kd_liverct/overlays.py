@@ -387,7 +387,7 @@ def _draw_case(run: Any, model: torch.nn.Module, summary: Mapping[str, Any], ind
     image, label = _plain(item["image"]), _plain(item["label"])
     with torch.no_grad():
         logits = sliding_window_logits(model, image[None].to(run.device), run.config["options"]["patch_size"])
-    prediction = logits.argmax(dim=1)[0].cpu()
+    prediction = logits.max(dim=1).indices[0].cpu()  # argmax, but fast over channels-first
     affine = getattr(item["image"], "affine", None)
     if affine is not None:
         (image, label, prediction), spacing = to_ras([image[0], label[0], prediction], affine)

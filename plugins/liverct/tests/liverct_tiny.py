@@ -18,8 +18,10 @@ from kdcore.config import resolve
 from kdcore.engine import FitResult, fit
 from kdcore.plugins import get_registry, reset_registry
 
-#: Four phantom cases (three to train, one to validate), small patches, a 30k teacher.
+#: Four phantom cases (three to train, one to validate), small patches, a 30k teacher, and one GTAN
+#: student instead of the default's four-way comparison.
 TINY = (
+    "options.gtan=true",
     "options.phantom_cases=4",
     "options.patch_size=[32, 32, 16]",
     "options.samples_per_volume=2",
@@ -49,8 +51,11 @@ def liverct_only(data_home: Path) -> Iterator[None]:
             reset_registry()
 
 
-def tiny_fit(out_dir: Path, *sets: str) -> FitResult:
-    """Fit the liver task with :data:`TINY` and then ``sets`` (later items win) into ``out_dir``."""
+def tiny_fit(out_dir: Path, *sets: str, variants: dict | None = None) -> FitResult:
+    """Fit the liver task with :data:`TINY` and then ``sets`` (later items win) into ``out_dir``.
+
+    ``variants`` replaces the default's four variants (none by default: one student under the base config).
+    """
     config = resolve(DEFAULTS, sets=[*TINY, *sets], overrides={"plugin": "liverct", "out_dir": str(out_dir)})
-    config["task"] = "liver"
+    config["task"], config["variants"] = "liver", variants or {}
     return fit(config, get_registry(), console=Console(file=io.StringIO()))

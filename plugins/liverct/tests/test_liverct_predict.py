@@ -16,6 +16,7 @@ from torch import nn
 
 from kd_liverct import DEFAULTS
 from kd_liverct.data import resolve_options
+from kd_liverct.phantom import PHANTOM_VERSION
 from kd_liverct.predict import PredictError, collect_inputs, plan_outputs, predict_volume
 from kdcore.cli import _add_plugin_commands, cli
 from kdcore.plugins import get_registry
@@ -44,7 +45,7 @@ def run_dir(tmp_path_factory, data_home) -> Path:
 @pytest.fixture(scope="module")
 def phantom(run_dir, data_home) -> Path:
     """The phantom data set the run trained on (images in ``imagesTr``, labels in ``labelsTr``)."""
-    return data_home / "liverct" / "phantom-small-4-seed0"
+    return data_home / "liverct" / f"phantom-v{PHANTOM_VERSION}-small-4-seed0"
 
 
 def copy_inputs(phantom: Path, directory: Path, names=CASES) -> Path:
