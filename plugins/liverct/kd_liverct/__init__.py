@@ -34,18 +34,19 @@ VARIANTS: dict[str, Any] = {
 
 #: The CPU default: a few minutes on 2 cores. BENCHMARKS.md and the README give the GPU-sized config.
 DEFAULTS: dict[str, Any] = {
-    "teacher": {"arch": "unet_teacher_cpu", "epochs": 40, "lr": 3e-3},
-    "student": {"arch": "unet_100k", "epochs": 40, "lr": 3e-3},
+    "teacher": {"arch": "unet_teacher_cpu", "epochs": 60, "lr": 3e-3},
+    "student": {"arch": "unet_100k", "epochs": 60, "lr": 3e-3},
     "data": {"batch_size": 2, "eval_batch_size": 1},
     "distill": {
         "loss": "dice_kl",
         "temperature": {"name": "constant", "value": 2.0},
         "alpha": {"name": "constant", "value": 0.5},
     },
-    "train": {"log_every": 5},
+    "train": {"log_every": 5, "eval_every": 5},
     "options": {
         **DEFAULT_OPTIONS,
         "spacing": [4.0, 4.0, 6.0],  # coarse enough for 2 CPU cores; the GPU config uses 2 x 2 x 4 mm
+        "patch_size": [48, 48, 32],
         "gtan": False,  # the gtan variant turns it on
         "gtan_start": 0.7,
         "gtan_grow_until": 0.6,

@@ -29,6 +29,7 @@ TINY = (
     "teacher.epochs=2",
     "student.epochs=4",
     "train.log_every=1",
+    "train.eval_every=1",
     "train.progress=false",
     "distill.baseline=false",
 )

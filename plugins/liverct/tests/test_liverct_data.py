@@ -369,3 +369,24 @@ def test_liverct_bad_options_and_empty_path(msd4):
     with pytest.raises(D.LiverDataError, match="--data PATH"):
         D.build_data({"data": {"path": ""}, "options": {}, "seed": 0})
     assert D.resolve_options({"other": 1})["other"] == 1  # the task's other options pass through
+    for bad in ([], [0, 0, 0], [1, -1, 1], "equal"):
+        with pytest.raises(ValueError, match=r"options\.crop_ratios must be a list of non-negative weights"):
+            D.resolve_options({"crop_ratios": bad})
+    with pytest.raises(
+        D.LiverDataError, match=r"options\.crop_ratios has 2 weights but .* declares 3 classes"
+    ):
+        D.build_datasets(msd4, {**SMALL, "crop_ratios": [1, 1]}, seed=0)
+
+
+def test_liverct_crop_ratios_centre_patches_on_the_chosen_class(msd4):
+    """With all the weight on the tumour, every patch is centred near enough to hold tumour voxels."""
+    small = {**SMALL, "patch_size": [8, 8, 4], "crop_ratios": [0, 0, 1], "samples_per_volume": 4}
+    data = D.build_datasets(msd4, small, seed=0)
+    patches = [patch for index in range(len(data.train)) for patch in data.train[index]]
+    assert len(patches) == 4 * len(data.train)
+    assert all(set(p) == {"image", "label"} for p in patches)  # the cached class indices are dropped
+    assert all(bool((p["label"] == 2).any()) for p in patches)
+    tumour_voxels = float(torch.stack([(p["label"] == 2).float().mean() for p in patches]).mean())
+    liver_only = D.build_datasets(msd4, {**small, "crop_ratios": [0, 1, 0]}, seed=0)
+    patches = [patch for index in range(len(liver_only.train)) for patch in liver_only.train[index]]
+    assert float(torch.stack([(p["label"] == 2).float().mean() for p in patches]).mean()) < tumour_voxels

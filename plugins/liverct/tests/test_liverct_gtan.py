@@ -78,3 +78,21 @@ def test_without_gtan_the_student_learns_from_the_teacher_directly(tmp_path):
     train = records(result.run_dir, "train", "student")
     assert train and all("assistant_width" not in r["signals"] for r in train)
     assert not (result.run_dir / "checkpoints" / "gtan_assistant.pt").exists()
+
+
+def test_the_default_compares_gtan_kd_and_takd_with_the_baseline_in_one_run(tmp_path, data_home):
+    from click.testing import CliRunner
+
+    from kdcore.cli import cli
+
+    with liverct_only(data_home):
+        result = CliRunner().invoke(
+            cli, ["train", "--plugin", "liverct", "--dry-run", "--out", str(tmp_path)]
+        )
+    assert result.exit_code == 0, result.output
+    assert DEFAULTS["options"]["gtan"] is False  # only the gtan variant grows an assistant
+    assert list(DEFAULTS["variants"]) == ["gtan", "kd", "takd"]
+    assert DEFAULTS["variants"]["gtan"] == {"options": {"gtan": True}}
+    assert DEFAULTS["variants"]["takd"]["distill"]["assistants"] == ["unet_assistant"]
+    assert "[variants.gtan.options]" in result.output and "[variants.takd.distill]" in result.output
+    assert not list(tmp_path.iterdir()), "a dry run trains nothing"

@@ -15,7 +15,7 @@ from scipy import ndimage
 from kd_liverct import phantom
 from kd_liverct.phantom import write_phantom_dataset
 
-N = 3  # cases 0 and 2 have tumours, case 1 has none (i % 3 == 1)
+N = 4  # cases 0-2 have tumours, case 3 has none (i % 4 == 3)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_liverct_phantom_labels(cases):
             ring = ndimage.binary_dilation(tumour)
             assert (lb[ring] > 0).mean() > 0.75  # tumours lie inside the liver
     assert 0 < with_tumour < len(cases)
-    assert not (cases[1][3] == 2).any()
+    assert not (cases[3][3] == 2).any()  # every fourth case (i % 4 == 3) is tumour-free
 
 
 def test_liverct_phantom_hounsfield_units(cases):

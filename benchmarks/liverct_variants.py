@@ -1,0 +1,203 @@
+"""Liver CT: no-KD, KD, TAKD and GTAN students side by side over seeds, and student vs teacher speed.
+
+Quality. One teacher is trained once (seed 0) with the plugin's CPU default; then, for each seed, one
+``kd`` run trains the default's three distilled variants (``gtan``, ``kd``, ``takd``) from that teacher
+and the no-KD baseline, all from the same student initialisation. "best" is the best validation mean
+dice (liver, tumour) over the validated epochs, "final" the dice after the last epoch.
+
+Speed. Each architecture segments the same fixed-size volume with the sliding window used in evaluation
+(``--volume``, after resampling; default 96 x 96 x 64 voxels), on the CPU, one thread per core: a warm-up,
+then ``--repeats`` rounds that time every model once per round, in turn (A B C A B C ...). The table
+quotes the median seconds per case and the ratio to the student.
+
+    .venv/bin/python benchmarks/liverct_variants.py --seeds 3 [--set student.epochs=80]
+
+Prints tables and writes benchmarks/results/liverct_variants.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from kd_liverct.metrics import sliding_window_logits
+from kd_liverct.models import build_model, count_parameters
+from kdcore.config import resolve
+from kdcore.engine import fit
+from kdcore.plugins import get_registry
+from kdcore.report import read_metrics
+
+VARIANTS = ("no-KD", "kd", "takd", "gtan")
+STAGE_OF = {"no-KD": "baseline", "kd": "kd/student", "takd": "takd/student", "gtan": "gtan/student"}
+
+
+def best_record(run_dir: Path, stage: str) -> dict:
+    """The validation record of ``stage`` with the highest mean dice."""
+    val = [r for r in read_metrics(run_dir) if r.get("split") == "val" and r.get("stage") == stage]
+    return max(val, key=lambda r: r["dice"])
+
+
+def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple[dict, list[dict]]:
+    common = {"plugin": "liverct", "task": "liver", "out_dir": str(work), "train": {"progress": False}}
+    teacher_config = resolve(task.defaults, sets=[*args.sets, "distill.baseline=false"], overrides=common)
+    teacher_config["variants"] = {}  # the teacher alone: one (plain KD) student, no baseline
+    teacher_config["student"]["epochs"] = 1
+    teacher_run = fit(teacher_config, console=quiet)
+    teacher_dir = teacher_run.run_dir
+    teacher = best_record(teacher_dir, "teacher")
+    checkpoint = str(teacher_dir / "checkpoints" / "teacher_best.pt")
+    rows = []
+    for seed in range(args.seeds):
+        overrides = {**common, "seed": seed, "teacher": {"checkpoint": checkpoint}}
+        run = fit(resolve(task.defaults, sets=args.sets, overrides=overrides), console=quiet)
+        stages = run.summary["stages"]
+        for variant in VARIANTS:
+            record = best_record(run.run_dir, STAGE_OF[variant])
+            rows.append(
+                {
+                    "seed": seed,
+                    "variant": variant,
+                    "best": record["dice"],
+                    "liver": record["dice_liver"],
+                    "tumour": record["dice_tumour"],
+                    "final": stages[STAGE_OF[variant]]["final_metric"],
+                    "seconds": stages[STAGE_OF[variant]]["seconds"],
+                }
+            )
+    teacher_summary = {
+        "dice": teacher["dice"],
+        "liver": teacher["dice_liver"],
+        "tumour": teacher["dice_tumour"],
+        "seconds": teacher_run.summary["stages"]["teacher"]["seconds"],
+    }
+    return teacher_summary, rows
+
+
+def speed(args: argparse.Namespace, config: dict) -> list[dict]:
+    info = {"in_channels": 1, "num_classes": 3}
+    names = [
+        config["teacher"]["arch"],
+        "unet_teacher",
+        "unet_assistant",
+        config["student"]["arch"],
+        "unet_30k",
+    ]
+    names = list(dict.fromkeys(names))
+    models = {name: build_model(name, info, config).eval() for name in names}
+    volume = torch.rand(1, 1, *args.volume)
+    patch = config["options"]["patch_size"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for name in names:  # warm-up
+            sliding_window_logits(models[name], volume, patch)
+        for _ in range(args.repeats):
+            for name in names:
+                started = time.perf_counter()
+                sliding_window_logits(models[name], volume, patch)
+                times[name].append(time.perf_counter() - started)
+    student = statistics.median(times[config["student"]["arch"]])
+    return [
+        {
+            "arch": name,
+            "parameters": count_parameters(models[name]),
+            "seconds_per_case": statistics.median(times[name]),
+            "times_student": statistics.median(times[name]) / student,
+        }
+        for name in names
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--volume", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--skip-training", action="store_true", help="measure speed only")
+    parser.add_argument("--out", default="benchmarks/results/liverct_variants.json")
+    args = parser.parse_args()
+
+    task = get_registry().get_task("liverct", "liver")
+    config = resolve(task.defaults, sets=args.sets)
+    started = time.perf_counter()
+    result: dict = {
+        "benchmark": "liverct_variants",
+        "date": date.today().isoformat(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": {k: config[k] for k in ("teacher", "student", "distill", "options")},
+        "overrides": args.sets,
+        "volume": args.volume,
+        "speed": speed(args, config),
+    }
+    table = Table(title=f"CPU sliding-window inference, volume {' x '.join(map(str, args.volume))}")
+    for column in ("arch", "parameters", "s / case", "x student"):
+        table.add_column(column, justify="right")
+    for row in result["speed"]:
+        table.add_row(
+            row["arch"],
+            f"{row['parameters']:,}",
+            f"{row['seconds_per_case']:.3f}",
+            f"{row['times_student']:.2f}",
+        )
+    Console().print(table)
+
+    if not args.skip_training:
+        work = Path(tempfile.mkdtemp(prefix="kd-bench-liverct-"))
+        teacher, rows = quality(args, task, Console(file=io.StringIO()), work)
+        result["teacher"] = teacher
+        result["seeds"] = rows
+        means = {}
+        for variant in VARIANTS:
+            mine = [r for r in rows if r["variant"] == variant]
+            means[variant] = {
+                k: statistics.mean(r[k] for r in mine) for k in ("best", "liver", "tumour", "final")
+            }
+            means[variant]["stdev"] = statistics.stdev(r["best"] for r in mine) if len(mine) > 1 else 0.0
+            means[variant]["seconds"] = statistics.mean(r["seconds"] for r in mine)
+        result["means"] = means
+        by_seed = {
+            seed: {r["variant"]: r["best"] for r in rows if r["seed"] == seed} for seed in range(args.seeds)
+        }
+        result["wins"] = {
+            "kd_over_no_kd": sum(s["kd"] > s["no-KD"] for s in by_seed.values()),
+            "gtan_over_kd": sum(s["gtan"] >= s["kd"] for s in by_seed.values()),
+            "takd_over_kd": sum(s["takd"] >= s["kd"] for s in by_seed.values()),
+        }
+        table = Table(
+            title=f"mean dice over {args.seeds} seeds; teacher {config['teacher']['arch']}: "
+            f"{teacher['dice']:.4f} (liver {teacher['liver']:.3f}, tumour {teacher['tumour']:.3f})"
+        )
+        for column in ("variant", "best", "± sd", "liver", "tumour", "final", "s / stage"):
+            table.add_column(column, justify="right")
+        for variant, m in means.items():
+            table.add_row(
+                variant,
+                *(f"{m[k]:.4f}" for k in ("best", "stdev", "liver", "tumour", "final")),
+                f"{m['seconds']:.0f}",
+            )
+        Console().print(table)
+        print(json.dumps(result["wins"]))
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
