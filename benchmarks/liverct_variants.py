@@ -97,15 +97,15 @@ def speed(args: argparse.Namespace, config: dict) -> list[dict]:
     names = list(dict.fromkeys(names))
     models = {name: build_model(name, info, config).eval() for name in names}
     volume = torch.rand(1, 1, *args.volume)
-    patch = config["options"]["patch_size"]
+    options = config["options"]
     times: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         for name in names:  # warm-up
-            sliding_window_logits(models[name], volume, patch)
+            sliding_window_logits(models[name], volume, options)
         for _ in range(args.repeats):
             for name in names:
                 started = time.perf_counter()
-                sliding_window_logits(models[name], volume, patch)
+                sliding_window_logits(models[name], volume, options)
                 times[name].append(time.perf_counter() - started)
     student = statistics.median(times[config["student"]["arch"]])
     return [

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "gtan": False,  # the gtan variant turns it on
         "gtan_start": 0.7,
         "gtan_grow_until": 0.6,
+        "gtan_alpha": 0.9,  # the assistant's own KD weight: (1 - a) * (Dice + CE) + a * KD(teacher)
         "phantom_cases": 16,
         "phantom_size": "small",
         "overlay_cases": 1,  # validation cases drawn in report/overlays/ per stage; 0: none

@@ -109,6 +109,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "patch_size": [64, 64, 32],
     "samples_per_volume": 2,
     "crop_ratios": [1.0, 1.0, 1.0],
+    "sw_batch_size": 8,  # sliding-window inference: windows per forward pass
     "flip_prob": 0.5,
     "intensity_jitter": 0.0,
     "val_fraction": 0.25,
@@ -539,6 +540,8 @@ def resolve_options(options: Mapping[str, Any]) -> dict[str, Any]:
             f"tumour), not all zero; got {ratios!r}"
         )
     opts["crop_ratios"] = [float(r) for r in ratios]
+    if int(opts["sw_batch_size"]) < 1:
+        raise ValueError(f"options.sw_batch_size must be at least 1, got {opts['sw_batch_size']}")
     if int(opts["samples_per_volume"]) < 1:
         raise ValueError(f"options.samples_per_volume must be at least 1, got {opts['samples_per_volume']}")
     for key, low, high in (("flip_prob", 0, 1), ("cache_rate", 0, 1), ("intensity_jitter", 0, math.inf)):

@@ -5,12 +5,16 @@ Xu et al. (2021) bridge the gap between a large 3-D teacher and a tiny student w
 what we could read of the paper, so this is our design:
 
 * **Where.** The assistant lives in the *student's* stage (``distill.strategy = "offline"`` with
-  ``options.gtan = true``). There is no separate assistant stage to train, unlike TAKD (Mirzadeh et
-  al., 2020), which trains the assistant fully before the student starts: that is the cost GTAN saves.
+  ``options.gtan = true``). There is no separate assistant stage, unlike TAKD (Mirzadeh et al., 2020),
+  which trains the assistant fully before the student starts. The assistant still costs one forward and
+  backward pass per student step, about what TAKD's assistant stage costs; what GTAN saves is a
+  stage in sequence (and the assistant starts small, so its first steps are cheaper in principle; the
+  channel masks here do not skip the masked work).
 * **What each step does.** ``kd_soft_targets`` runs the frozen teacher, takes one optimiser step of the
-  assistant on ``(1 - alpha) * (Dice + CE) + alpha * KD(teacher -> assistant, T)`` (KD: ``distill.loss``),
-  and returns the assistant's logits (detached) as the student's soft targets. The student therefore
-  always learns from a model only somewhat larger than itself.
+  assistant on ``(1 - a) * (Dice + CE) + a * KD(teacher -> assistant, T)`` (KD: ``distill.loss``; ``a``:
+  ``options.gtan_alpha``, default 0.9, so the assistant mostly mimics the teacher), and returns the
+  assistant's logits (detached) as the student's soft targets. The student therefore always learns from
+  a model only somewhat larger than itself.
 * **How it grows.** The assistant is a :class:`~kd_liverct.models.GrowingUNet` at the width of
   ``unet_assistant``. Its active width starts at ``options.gtan_start`` (default 0.7: 7-14-28-56
   channels, the ``unet_100k`` student's) and rises along a kdcore piecewise-linear schedule to 1.0
@@ -106,7 +110,8 @@ def soft_targets(run: Any, inputs: torch.Tensor, batch: Any) -> torch.Tensor | N
         logits = assistant(inputs)
         supervised = run.task.supervised_loss(logits, labels)
         distill = run.kd_loss(logits, teacher_logits, run.temperature)
-        loss = (1.0 - run.alpha) * supervised + run.alpha * distill
+        alpha = float(run.config["options"]["gtan_alpha"])
+        loss = (1.0 - alpha) * supervised + alpha * distill
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -43,11 +43,21 @@ def split_image_label(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Ten
 
 
 def sliding_window_logits(
-    model: nn.Module, image: torch.Tensor, patch_size: Sequence[int], overlap: float = 0.25
+    model: nn.Module, image: torch.Tensor, options: Mapping[str, Any], overlap: float = 0.25
 ) -> torch.Tensor:
-    """The model's logits over a whole volume ``[B, C, X, Y, Z]`` with Gaussian-blended windows."""
+    """The model's logits over a whole volume ``[B, C, X, Y, Z]`` with Gaussian-blended windows.
+
+    Windows of ``options["patch_size"]``, ``options["sw_batch_size"]`` of them per forward pass (more
+    windows per pass cost memory and save per-call overhead: 8 instead of 2 nearly halves the time of
+    the 100k student on a CPU).
+    """
     return sliding_window_inference(
-        image, roi_size=tuple(patch_size), sw_batch_size=2, predictor=model, overlap=overlap, mode="gaussian"
+        image,
+        roi_size=tuple(options["patch_size"]),
+        sw_batch_size=int(options["sw_batch_size"]),
+        predictor=model,
+        overlap=overlap,
+        mode="gaussian",
     )
 
 
@@ -68,7 +78,7 @@ def evaluate_segmentation(
         image, label = split_image_label(batch)
         image, label = image.to(device), label.to(device)
         started = time.perf_counter()
-        logits = sliding_window_logits(model, image, options["patch_size"])
+        logits = sliding_window_logits(model, image, options)
         prediction = logits.max(dim=1, keepdim=True).indices  # argmax, but fast over channels-first
         seconds += time.perf_counter() - started
         names = CLASS_NAMES if logits.shape[1] == len(CLASS_NAMES) else class_names(logits.shape[1])

@@ -54,6 +54,7 @@ from matplotlib.colors import ListedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from kd_liverct.data import resolve_options
 from kd_liverct.metrics import evaluate_segmentation, sliding_window_logits
 from kdcore.checkpoint import atomic_write, load_checkpoint
 
@@ -386,7 +387,9 @@ def _draw_case(run: Any, model: torch.nn.Module, summary: Mapping[str, Any], ind
     item = run.data.val[index]
     image, label = _plain(item["image"]), _plain(item["label"])
     with torch.no_grad():
-        logits = sliding_window_logits(model, image[None].to(run.device), run.config["options"]["patch_size"])
+        logits = sliding_window_logits(
+            model, image[None].to(run.device), resolve_options(run.config["options"])
+        )
     prediction = logits.max(dim=1).indices[0].cpu()  # argmax, but fast over channels-first
     affine = getattr(item["image"], "affine", None)
     if affine is not None:

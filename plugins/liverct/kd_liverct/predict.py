@@ -110,7 +110,7 @@ def predict_volume(
     item = transform({"image": str(path)})
     volume = item["image"]  # MetaTensor [1, X, Y, Z] that records the spatial steps
     model.eval()
-    logits = sliding_window_logits(model, volume.unsqueeze(0).to(device), opts["patch_size"], overlap)
+    logits = sliding_window_logits(model, volume.unsqueeze(0).to(device), opts, overlap)
     labels = logits.max(dim=1).indices.to("cpu", torch.float32)  # argmax (fast); [1, X, Y, Z] like the image
     inverted = Invertd("pred", transform, orig_keys="image", nearest_interp=True)(
         {"pred": labels, "image": volume}
