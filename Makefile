@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/kd train --plugin classify
+	$(VENV)/bin/kd train --plugin liverct
 
 test: setup lint
 	$(PY) -m pytest -q

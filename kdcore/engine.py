@@ -30,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -241,15 +242,36 @@ def fit(
     finally:
         log.close()
     summary = write_report(run_dir)
-    console.print(_summary_line(summary))
+    console.print(summary_table(summary))
     console.print(f"run directory: {run_dir}", markup=False, soft_wrap=True)
     return FitResult(run_dir=run_dir, summary=summary)
 
 
-def _summary_line(summary: Mapping[str, Any]) -> str:
+def summary_table(summary: Mapping[str, Any]) -> Table:
+    """The stages of a run side by side: size, best and final main metric, gain over the baseline, time."""
     metric = summary["main_metric"]
-    parts = [f"{name} {metric}={s['best_metric']:.4f}" for name, s in summary["stages"].items()]
-    return "best " + ", ".join(parts) + f" ({summary['seconds']:.1f} s)"
+    baseline = summary["stages"].get("baseline", {}).get("best_metric")
+    table = Table(title=f"{metric} by stage ({summary['seconds']:.1f} s on {summary.get('device', '?')})")
+    for column in ("stage", "arch", "parameters", f"best {metric}", "final", "vs baseline", "seconds"):
+        table.add_column(column, justify="left" if column in ("stage", "arch") else "right")
+    for name, stage in summary["stages"].items():
+        gain = ""
+        if baseline is not None and stage.get("distilled") and stage["best_metric"] is not None:
+            gain = f"{stage['best_metric'] - baseline:+.4f}"
+        table.add_row(
+            escape(name),
+            escape(str(stage["arch"])),
+            f"{stage['parameters']:,}",
+            _number(stage["best_metric"]),
+            _number(stage["final_metric"]),
+            gain,
+            f"{stage['seconds']:.1f}",
+        )
+    return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _stage_settings(config: Mapping[str, Any], registry: Registry) -> tuple[dict[str, Schedule], list]:

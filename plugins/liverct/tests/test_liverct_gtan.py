@@ -96,3 +96,15 @@ def test_the_default_compares_gtan_kd_and_takd_with_the_baseline_in_one_run(tmp_
     assert DEFAULTS["variants"]["takd"]["distill"]["assistants"] == ["unet_assistant"]
     assert "[variants.gtan.options]" in result.output and "[variants.takd.distill]" in result.output
     assert not list(tmp_path.iterdir()), "a dry run trains nothing"
+
+
+def test_the_gpu_config_resolves_with_the_paper_sized_teacher():
+    from pathlib import Path
+
+    from kdcore.config import read_toml, resolve
+
+    path = Path(__file__).parents[1] / "configs" / "gpu.toml"
+    config = resolve(DEFAULTS, read_toml(path), file_name=str(path))
+    assert config["teacher"]["arch"] == "unet_teacher" and config["student"]["arch"] == "unet_100k"
+    assert config["options"]["spacing"] == [2.0, 2.0, 4.0] and config["options"]["phantom_size"] == "medium"
+    assert list(config["variants"]) == ["gtan", "kd", "takd"]
