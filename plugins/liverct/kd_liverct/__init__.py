@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_liverct import gtan
-from kd_liverct.data import DEFAULT_OPTIONS, build_datasets
+from kd_liverct.data import DEFAULT_OPTIONS, ReseedableDataset, build_datasets
 from kd_liverct.metrics import dice_ce_loss, evaluate_segmentation, split_image_label
 from kd_liverct.models import ARCHITECTURES, build_model
 from kd_liverct.overlays import draw_stage_overlays
@@ -112,7 +112,10 @@ def kd_register_losses(register):
 
 @hookimpl
 def kd_fit_start(run):
-    """Build the growing assistant when the student stage of a GTAN run starts."""
+    """Restart the random crops and flips at the run seed, so every stage sees the same patches; build
+    the growing assistant when the student stage of a GTAN run starts."""
+    if isinstance(run.data.train, ReseedableDataset):
+        run.data.train.reseed(int(run.config["seed"]))
     gtan.start(run)
 
 

@@ -637,17 +637,26 @@ def build_inference_transforms(options: Mapping[str, Any]) -> Compose:
 # --- datasets ------------------------------------------------------------------------------------
 
 
-class _ReseededPerWorker(Dataset):
-    """Reseeds a MONAI dataset's random transforms in each DataLoader worker.
+class ReseedableDataset(Dataset):
+    """A MONAI dataset whose random transforms are reseeded per stage and per DataLoader worker.
 
-    MONAI transforms draw from their own ``RandomState``; forked workers would all copy the same state and
-    produce the same crops and flips. Each worker reseeds from its torch worker seed (derived from the
-    loader's generator, so still reproducible for a given run seed). With ``num_workers=0`` nothing changes.
+    MONAI transforms draw from their own ``RandomState``, not from torch's generator. Without care, the
+    stages of a run would draw different crops and flips (each stage continues the stream the previous
+    one left), so a student and its no-KD baseline would not see the same data; and forked workers would
+    all copy one state and draw the same patches. So :meth:`reseed` restarts the stream (the plugin calls
+    it at the start of every stage with the run seed), and each worker reseeds from its torch worker
+    seed, which derives from the loader's generator that kdcore seeds per stage.
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset = dataset
         self._worker_seed: int | None = None
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random transforms' stream at ``seed`` (the main process's; workers derive theirs)."""
+        self.dataset.transform.set_random_state(seed=seed % 2**32)
+        self._worker_seed = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -692,8 +701,6 @@ def build_datasets(
 
     def dataset(subset: list[Case], train: bool) -> Any:
         transform = build_transforms(opts, train=train)
-        if train:
-            transform.set_random_state(seed=seed % 2**32)
         items = [{"image": str(c.image), "label": str(c.label)} for c in subset]
         return CacheDataset(
             items, transform, cache_rate=float(opts["cache_rate"]), num_workers=0, progress=False
@@ -710,7 +717,7 @@ def build_datasets(
         "val_cases": [c.name for c in val_cases],
     }
     return TaskData(
-        train=_ReseededPerWorker(dataset(train_cases, True)),
+        train=ReseedableDataset(dataset(train_cases, True), seed),
         val=dataset(val_cases, False),
         info=info,
         collate_fn=list_data_collate,

@@ -361,6 +361,30 @@ def test_liverct_workers_draw_different_crops(task_data, monkeypatch):
     assert not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def test_every_stage_restarts_the_random_crops_at_the_run_seed(msd4):
+    """kd_fit_start reseeds the training transforms: a student and its baseline see the same patches."""
+    import kd_liverct
+
+    data = D.build_datasets(msd4, {**SMALL, "flip_prob": 0.5}, seed=3)
+
+    def epoch() -> list[torch.Tensor]:
+        return [torch.cat([s["image"].flatten() for s in data.train[i]]) for i in range(len(data.train))]
+
+    def start_stage(stage: str) -> None:
+        run = SimpleNamespace(data=data, config={"seed": 3, "options": {"gtan": False}}, stage=stage)
+        run.plugin_state, run.distilling = {}, stage == "student"
+        kd_liverct.kd_fit_start(run)
+
+    first = epoch()
+    assert not all(torch.equal(x, y) for x, y in zip(first, epoch(), strict=True))  # the stream moves on
+    start_stage("student")
+    student = epoch()
+    start_stage("baseline")
+    baseline = epoch()
+    assert all(torch.equal(x, y) for x, y in zip(student, baseline, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(first, student, strict=True))  # the seed's stream
+
+
 def test_liverct_bad_options_and_empty_path(msd4):
     with pytest.raises(ValueError, match=r"options\.patch_size must be three positive ints"):
         D.build_transforms({"patch_size": [16, 16]}, train=True)
