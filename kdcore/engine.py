@@ -306,8 +306,10 @@ def _ensemble(teachers: list[nn.Module], config: Mapping[str, Any], device: torc
 
 
 def _build_model(run: DistillRun, stage: Stage) -> nn.Module:
-    # Same seed for every stage of one architecture: the student and the no-KD baseline start equal.
-    torch.manual_seed(run.config["seed"])
+    # Every stage restarts Python's, NumPy's and torch's generators at the run seed: the student and the
+    # no-KD baseline start from equal weights and draw the same augmentations from those generators. (A
+    # plugin whose transforms keep their own generator, like MONAI's, restarts it in ``kd_fit_start``.)
+    seed_everything(run.config["seed"])
     return run.task.build_model(stage.arch, run.data.info, run.config).to(run.device)
 
 

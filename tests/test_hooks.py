@@ -9,6 +9,7 @@ import types
 from collections.abc import Callable
 
 import pytest
+import torch
 from rich.console import Console
 from tiny import tiny_task
 from torch import nn
@@ -193,6 +194,24 @@ def test_stop_requested_ends_the_stage_after_that_epoch(tmp_path, monkeypatch, h
     assert stages["teacher"]["epochs"] == 2
     assert stages["baseline"]["epochs"] == 4
     assert [r["epoch"] for r in records(result.run_dir, "val", "baseline")] == [0, 1, 2, 3]
+
+
+def test_every_stage_restarts_the_global_generators_at_the_run_seed(tmp_path, monkeypatch):
+    """Augmentations from Python's, NumPy's or torch's generator are the same for student and baseline."""
+    import random
+
+    import numpy as np
+
+    draws = {}
+
+    @hookimpl
+    def kd_step_start(run, step, batch):
+        if step == 0:
+            draws[run.stage] = (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+    run_tiny(tmp_path, monkeypatch, kd_step_start)
+    assert draws["student"] == draws["baseline"]
+    assert draws["teacher"][:2] == draws["student"][:2]  # torch's differs: the teacher's model is another
 
 
 def test_eval_every_validates_every_nth_and_the_last_epoch(tmp_path, monkeypatch):
