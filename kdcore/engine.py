@@ -250,23 +250,37 @@ def fit(
 def summary_table(summary: Mapping[str, Any]) -> Table:
     """The stages of a run side by side: size, best and final main metric, gain over the baseline, time."""
     metric = summary["main_metric"]
-    baseline = summary["stages"].get("baseline", {}).get("best_metric")
-    table = Table(title=f"{metric} by stage ({summary['seconds']:.1f} s on {summary.get('device', '?')})")
-    for column in ("stage", "arch", "parameters", f"best {metric}", "final", "vs baseline", "seconds"):
-        table.add_column(column, justify="left" if column in ("stage", "arch") else "right")
+    baseline = summary["stages"].get("baseline", {})
+    rows = []
     for name, stage in summary["stages"].items():
-        gain = ""
-        if baseline is not None and stage.get("distilled") and stage["best_metric"] is not None:
-            gain = f"{stage['best_metric'] - baseline:+.4f}"
-        table.add_row(
-            escape(name),
-            escape(str(stage["arch"])),
-            f"{stage['parameters']:,}",
-            _number(stage["best_metric"]),
-            _number(stage["final_metric"]),
-            gain,
-            f"{stage['seconds']:.1f}",
+        gain = ""  # only for distilled students: the baseline has their architecture, not an assistant's
+        if (
+            stage.get("distilled")
+            and stage["arch"] == baseline.get("arch")
+            and stage["best_metric"] is not None
+        ):
+            gain = f"{stage['best_metric'] - baseline['best_metric']:+.4f}"
+        rows.append(
+            (
+                name,
+                str(stage["arch"]),
+                f"{stage['parameters']:,}",
+                _number(stage["best_metric"]),
+                _number(stage["final_metric"]),
+                gain,
+                f"{stage['seconds']:.0f}",
+            )
         )
+    table = Table(
+        title=f"{metric}: best and final by stage, gain over the no-KD baseline "
+        f"({summary['seconds']:.0f} s on {summary.get('device', '?')})",
+        pad_edge=False,
+    )
+    for index, column in enumerate(("stage", "arch", "params", "best", "final", "gain", "s")):
+        width = max([len(column), *(len(row[index]) for row in rows)])
+        table.add_column(column, justify="left" if index < 2 else "right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
     return table
 
 

@@ -278,3 +278,35 @@ def test_select_device(monkeypatch):
     assert select_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         select_device("cuda")
+
+
+def test_the_closing_table_gives_a_gain_only_to_students_of_the_baseline_architecture():
+    from kdcore.engine import summary_table
+
+    def stage(arch, best, distilled=True):
+        return {
+            "arch": arch,
+            "parameters": 10,
+            "best_metric": best,
+            "final_metric": best,
+            "seconds": 1.0,
+            "distilled": distilled,
+        }
+
+    summary = {
+        "main_metric": "dice",
+        "seconds": 5.0,
+        "device": "cpu",
+        "stages": {
+            "teacher": stage("big", 0.9, distilled=False),
+            "chain/assistant1": stage("mid", 0.8),
+            "chain/student": stage("small", 0.75),
+            "baseline": stage("small", 0.7, distilled=False),
+        },
+    }
+    console = Console(file=io.StringIO(), width=100)
+    console.print(summary_table(summary))
+    rows = {line.split("│")[1].strip(): line for line in console.file.getvalue().splitlines() if "│" in line}
+    assert "+0.0500" in rows["chain/student"]
+    assert "+0.1000" not in rows["chain/assistant1"] and "+" not in rows["chain/assistant1"]
+    assert "dice: best and final by stage" in console.file.getvalue()
