@@ -18,7 +18,6 @@ from kd_liverct import gtan
 from kd_liverct.data import DEFAULT_OPTIONS, ReseedableDataset, build_datasets
 from kd_liverct.metrics import dice_ce_loss, evaluate_segmentation, split_image_label
 from kd_liverct.models import ARCHITECTURES, build_model
-from kd_liverct.overlays import draw_stage_overlays
 from kdcore import Task, TaskData, hookimpl
 
 __version__ = "0.1.0"
@@ -140,6 +139,8 @@ def kd_epoch_end(run, epoch, metrics):
 @hookimpl
 def kd_fit_end(run, summary):
     """Save the assistant and put its final size in the stage summary; draw the stage's overlays."""
+    from kd_liverct.overlays import draw_stage_overlays  # matplotlib only when a stage ends
+
     gtan.finish(run, summary)
     draw_stage_overlays(run, summary)
 

@@ -22,12 +22,11 @@ BENCHMARKS.md.)
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from monai.losses import DiceLoss
 
 from kdcore.losses import dense_kl
-
-_SOFT_DICE = DiceLoss(include_background=False, softmax=True, batch=True)
 
 
 def dice_kl(
@@ -46,4 +45,11 @@ def dice_kl(
     teacher_logits = teacher_logits.detach()
     kl = dense_kl(student_logits, teacher_logits, temperature)
     soft_target = torch.softmax(teacher_logits.float() / temperature, dim=1)
-    return kl + _SOFT_DICE(student_logits.float() / temperature, soft_target)
+    return kl + _soft_dice()(student_logits.float() / temperature, soft_target)
+
+
+@functools.cache
+def _soft_dice() -> torch.nn.Module:
+    from monai.losses import DiceLoss  # MONAI is imported on first use: `kd --help` stays fast
+
+    return DiceLoss(include_background=False, softmax=True, batch=True)

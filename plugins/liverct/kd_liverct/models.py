@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.networks.blocks import Convolution
-from monai.networks.nets import UNet
 from torch import nn
+
+if TYPE_CHECKING:
+    from monai.networks.nets import UNet
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ GTAN_ARCH = "unet_assistant"
 
 def build_unet(spec: UNetSpec, in_channels: int, num_classes: int) -> UNet:
     """A MONAI 3-D U-Net with ``spec``'s channels, stride 2 between levels, instance norm, PReLU."""
+    from monai.networks.nets import UNet  # MONAI is imported on first use: `kd --help` stays fast
+
     return UNet(
         spatial_dims=3,
         in_channels=in_channels,
@@ -99,6 +102,8 @@ class GrowingUNet(nn.Module):
             raise ValueError(f"min_width must be in (0, 1], got {min_width}")
         self.spec = spec
         self.in_channels, self.num_classes = in_channels, num_classes
+        from monai.networks.blocks import Convolution
+
         self.net = build_unet(spec, in_channels, num_classes)
         output_block = self.net.model[-1]
         self._blocks = [m for m in self.net.modules() if isinstance(m, Convolution) and m is not output_block]

@@ -29,7 +29,6 @@ import click
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import Invertd
 from torch import nn
 
 from kd_liverct.data import (
@@ -112,6 +111,8 @@ def predict_volume(
     model.eval()
     logits = sliding_window_logits(model, volume.unsqueeze(0).to(device), opts, overlap)
     labels = logits.max(dim=1).indices.to("cpu", torch.float32)  # argmax (fast); [1, X, Y, Z] like the image
+    from monai.transforms import Invertd
+
     inverted = Invertd("pred", transform, orig_keys="image", nearest_interp=True)(
         {"pred": labels, "image": volume}
     )["pred"]
