@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kd_liverct.data import resolve_options
+
 #: Label 0 background, 1 liver, 2 tumour: MSD Task03_Liver (which calls 2 "cancer") and LiTS.
 CLASS_NAMES = ("background", "liver", "tumour")
 
@@ -78,7 +80,7 @@ def evaluate_segmentation(
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    options = config["options"]
+    options = resolve_options(config["options"])  # a run saved before an option existed still evaluates
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     model.eval()
     cases, seconds = 0, 0.0

@@ -346,3 +346,12 @@ def test_the_stages_of_a_variant_draw_into_its_own_folder(fake_run):
     run.variant, run.stage = "kd hot", "student"
     assert draw_stage_overlays(run, summary) == ["report/overlays/kd_hot/student_liver_7.png"]
     assert (run.run_dir / "report/overlays/kd_hot/student_liver_7.png").is_file()
+
+
+def test_a_config_saved_before_sw_batch_size_existed_still_evaluates(fake_run):
+    run, _ = fake_run
+    assert "sw_batch_size" not in run.config["options"]  # as in a run directory from before the option
+    item = run.data.val[0]
+    batch = {"image": item["image"][None], "label": item["label"][None]}
+    metrics = evaluate_segmentation(_intensity_classifier(True), [batch], torch.device("cpu"), run.config)
+    assert metrics["dice_liver"] == pytest.approx(1.0) and metrics["dice"] == pytest.approx(1.0)
