@@ -37,9 +37,17 @@ CORE_DEFAULTS: dict[str, Any] = {
         "epochs": 5,
         "optimizer": "adam",
         "lr": 1e-3,
+        "lr_schedule": 1.0,
         "weight_decay": 0.0,
     },
-    "student": {"arch": "", "epochs": 5, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0},
+    "student": {
+        "arch": "",
+        "epochs": 5,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "lr_schedule": 1.0,
+        "weight_decay": 0.0,
+    },
     "distill": {
         "strategy": "offline",
         "loss": "soft_target_kl",
@@ -73,7 +81,7 @@ AT_LEAST_ONE = (
 )
 
 #: Keys whose value is a schedule spec (a number or a table with a ``name``): free-form here.
-SCHEDULE_KEYS = ("distill.temperature", "distill.alpha")
+SCHEDULE_KEYS = ("distill.temperature", "distill.alpha", "teacher.lr_schedule", "student.lr_schedule")
 #: Tables whose own keys are free (each value is a schedule spec).
 FREE_TABLES = ("distill.weights",)
 

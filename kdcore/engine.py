@@ -44,7 +44,7 @@ from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
 
 #: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
-RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals"})
+RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals", "lr"})
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -304,6 +304,11 @@ def _build_schedules(config: Mapping[str, Any], registry: Registry) -> dict[str,
         ),
         "alpha": build_schedule(distill["alpha"], registry.schedules, where="distill.alpha"),
     }
+    for section in ("teacher", "student"):  # a factor on the section's lr over the stage's progress
+        where = f"{section}.lr_schedule"
+        schedules[f"lr:{section}"] = build_schedule(config[section]["lr_schedule"], registry.schedules, where)
+        if schedules[f"lr:{section}"].parameters():
+            raise ValueError(f"{where} cannot be a learnable schedule: nothing trains a learning rate")
     for term, spec in distill["weights"].items():
         schedules[f"weight:{term}"] = build_schedule(
             spec, registry.schedules, where=f"distill.weights.{term}"
@@ -373,6 +378,21 @@ def _optimizer(
     return OPTIMIZERS[name](params, **kwargs)
 
 
+def _set_lr(
+    optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: Schedule, run: DistillRun, stage: Stage
+) -> float:
+    """Scale every parameter group's initial lr by ``factor`` at this step; return the first group's lr."""
+    scale = float(factor(run.progress, run.signals))
+    if not scale >= 0.0:
+        raise ValueError(
+            f"{stage.section}.lr_schedule gave {scale} at progress {run.progress:.3f}; "
+            "a learning-rate factor must be a number >= 0"
+        )
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base * scale
+    return base_lrs[0] * scale
+
+
 def _better(task: Task, new: float, old: float | None) -> bool:
     if old is None or math.isnan(old):
         return not math.isnan(new)
@@ -422,6 +442,8 @@ def _train_stage(
             run.hints = HintTerms.build(hint_specs, model, teacher, probe)
             extra_params += list(run.hints.parameters())
     optimizer = _optimizer(model, extra_params, section)
+    lr_factor = schedules[f"lr:{stage.section}"]
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     run.amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
     ckpt_dir = run.run_dir / "checkpoints"
@@ -452,6 +474,7 @@ def _train_stage(
                 model.train()
                 loss_sum, batches = 0.0, 0
                 for batch in train_loader:
+                    lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
                     losses = _train_step(run, model, optimizer, scaler, schedules, to_device(batch, device))
                     loss_sum += losses["total"]
                     batches += 1
@@ -462,6 +485,7 @@ def _train_stage(
                                 "split": "train",
                                 "epoch": epoch,
                                 "step": run.step,
+                                "lr": lr,
                                 **losses,
                             }
                         )

@@ -248,7 +248,7 @@ def test_a_stop_asked_in_an_epoch_without_validation_ends_after_the_next_one(tmp
     assert (result.run_dir / "checkpoints" / "best.pt").is_file()
 
 
-@pytest.mark.parametrize("name", ["total", "supervised", "temperature", "alpha", "signals"])
+@pytest.mark.parametrize("name", ["total", "supervised", "temperature", "alpha", "signals", "lr"])
 def test_a_loss_term_may_not_reuse_a_name_kdcore_logs(tmp_path, monkeypatch, name):
     @hookimpl
     def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
@@ -275,3 +275,33 @@ def test_an_unknown_extra_plugin_fails_before_the_run_directory_exists(tmp_path,
     with pytest.raises(Exception, match="no plugin named 'nope'"):
         run_tiny(tmp_path, monkeypatch, with_plugins=["nope"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_lr_schedule_scales_each_stage_lr_over_its_progress(tmp_path, monkeypatch):
+    sets = [
+        "teacher.epochs=2",
+        "teacher.lr=0.01",
+        "student.epochs=2",
+        "student.lr=0.02",
+        "student.lr_schedule={name='linear', start=1.0, end=0.0}",
+    ]
+    result = run_tiny(tmp_path, monkeypatch, sets=sets)
+    teacher = records(result.run_dir, "train", "teacher")
+    student = records(result.run_dir, "train", "student")
+    assert [r["lr"] for r in teacher] == [0.01] * 2 * STEPS_PER_EPOCH  # lr_schedule defaults to 1.0
+    total = 2 * STEPS_PER_EPOCH
+    assert [r["lr"] for r in student] == pytest.approx([0.02 * (1 - step / total) for step in range(total)])
+    baseline = records(result.run_dir, "train", "baseline")  # the no-KD student: the student's settings
+    assert [r["lr"] for r in baseline] == [r["lr"] for r in student]
+
+
+def test_a_negative_lr_factor_is_an_error_naming_the_key(tmp_path, monkeypatch):
+    sets = ["student.lr_schedule={name='linear', start=1.0, end=-1.0}", "student.epochs=2"]
+    with pytest.raises(ValueError, match=r"student\.lr_schedule gave -?[0-9.]+ at progress .*>= 0"):
+        run_tiny(tmp_path, monkeypatch, sets=sets)
+
+
+def test_a_learnable_lr_schedule_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"teacher\.lr_schedule cannot be a learnable schedule"):
+        learnable = "{name='learnable', initial=2.0, min_value=0.5, max_value=4.0}"
+        run_tiny(tmp_path, monkeypatch, sets=[f"teacher.lr_schedule={learnable}"])
