@@ -8,7 +8,8 @@ dice (liver, tumour) over the validated epochs, "final" the dice after the last 
 Speed. Each architecture segments the same fixed-size volume with the sliding window used in evaluation
 (``--volume``, after resampling; default 96 x 96 x 64 voxels), on the CPU, one thread per core: a warm-up,
 then ``--repeats`` rounds that time every model once per round, in turn (A B C A B C ...). The table
-quotes the median seconds per case and the ratio to the student.
+quotes the median seconds per case, the ratio to the student, and the floating-point operations of one
+pass (the ratio a compute-bound device would approach; small 3-D convolutions on a CPU are not).
 
     .venv/bin/python benchmarks/liverct_variants.py --seeds 3 [--set student.epochs=80]
     .venv/bin/python benchmarks/liverct_variants.py --set variants.kd_a3.distill.alpha=0.3  # one more
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
 
 from kd_liverct.metrics import sliding_window_logits
 from kd_liverct.models import build_model, count_parameters
@@ -88,6 +90,23 @@ def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple
     return teacher_summary, rows
 
 
+def wins(rows: list[dict], seeds: int, key: str) -> dict[str, int]:
+    """In how many seeds each ordering of the target holds, scored on ``key`` ("best" or "final")."""
+    by_seed = [{r["variant"]: r[key] for r in rows if r["seed"] == seed} for seed in range(seeds)]
+    return {
+        "kd_over_no_kd": sum(s["kd"] > s["no-KD"] for s in by_seed),
+        "gtan_over_kd": sum(s["gtan"] >= s["kd"] for s in by_seed),
+        "takd_over_kd": sum(s["takd"] >= s["kd"] for s in by_seed),
+    }
+
+
+def gflops(model: torch.nn.Module, volume: torch.Tensor, options: dict) -> float:
+    """Floating-point operations (in 1e9) of one sliding-window pass over ``volume``."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        sliding_window_logits(model, volume, options)
+    return counter.get_total_flops() / 1e9
+
+
 def speed(args: argparse.Namespace, config: dict) -> list[dict]:
     info = {"in_channels": 1, "num_classes": 3}
     names = [
@@ -115,6 +134,7 @@ def speed(args: argparse.Namespace, config: dict) -> list[dict]:
         {
             "arch": name,
             "parameters": count_parameters(models[name]),
+            "gflops_per_case": gflops(models[name], volume, options),
             "seconds_per_case": statistics.median(times[name]),
             "times_student": statistics.median(times[name]) / student,
         }
@@ -150,12 +170,13 @@ def main() -> None:
         "speed": speed(args, config),
     }
     table = Table(title=f"CPU sliding-window inference, volume {' x '.join(map(str, args.volume))}")
-    for column in ("arch", "parameters", "s / case", "x student"):
+    for column in ("arch", "parameters", "GFLOP / case", "s / case", "x student"):
         table.add_column(column, justify="right")
     for row in result["speed"]:
         table.add_row(
             row["arch"],
             f"{row['parameters']:,}",
+            f"{row['gflops_per_case']:.2f}",
             f"{row['seconds_per_case']:.3f}",
             f"{row['times_student']:.2f}",
         )
@@ -175,14 +196,7 @@ def main() -> None:
             means[variant]["stdev"] = statistics.stdev(r["best"] for r in mine) if len(mine) > 1 else 0.0
             means[variant]["seconds"] = statistics.mean(r["seconds"] for r in mine)
         result["means"] = means
-        by_seed = {
-            seed: {r["variant"]: r["best"] for r in rows if r["seed"] == seed} for seed in range(args.seeds)
-        }
-        result["wins"] = {
-            "kd_over_no_kd": sum(s["kd"] > s["no-KD"] for s in by_seed.values()),
-            "gtan_over_kd": sum(s["gtan"] >= s["kd"] for s in by_seed.values()),
-            "takd_over_kd": sum(s["takd"] >= s["kd"] for s in by_seed.values()),
-        }
+        result["wins"] = {key: wins(rows, args.seeds, key) for key in ("best", "final")}
         table = Table(
             title=f"mean dice over {args.seeds} seeds; teacher {config['teacher']['arch']}: "
             f"{teacher['dice']:.4f} (liver {teacher['liver']:.3f}, tumour {teacher['tumour']:.3f})"

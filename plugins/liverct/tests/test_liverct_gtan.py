@@ -109,14 +109,3 @@ def test_the_gpu_config_resolves_with_the_paper_sized_teacher():
     assert config["options"]["spacing"] == [2.0, 2.0, 4.0] and config["options"]["phantom_size"] == "medium"
     assert list(config["variants"]) == ["gtan", "kd", "takd"]
 
-
-def test_the_longer_cpu_recipe_resolves_with_sharp_targets_and_tumour_weighted_crops():
-    from pathlib import Path
-
-    from kdcore.config import read_toml, resolve
-
-    path = Path(__file__).parents[1] / "configs" / "cpu-long.toml"
-    config = resolve(DEFAULTS, read_toml(path), file_name=str(path))
-    assert (config["teacher"]["epochs"], config["student"]["epochs"]) == (100, 80)
-    assert config["distill"]["temperature"] == 1.0 and config["distill"]["alpha"] == 0.3
-    assert config["options"]["crop_ratios"] == [1, 1, 2]
