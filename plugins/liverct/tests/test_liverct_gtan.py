@@ -108,4 +108,3 @@ def test_the_gpu_config_resolves_with_the_paper_sized_teacher():
     assert config["teacher"]["arch"] == "unet_teacher" and config["student"]["arch"] == "unet_100k"
     assert config["options"]["spacing"] == [2.0, 2.0, 4.0] and config["options"]["phantom_size"] == "medium"
     assert list(config["variants"]) == ["gtan", "kd", "takd"]
-
