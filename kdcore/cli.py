@@ -96,12 +96,28 @@ def _load_config(config_file: str | None, plugin: str | None, task: str | None, 
     help="Train only these of the config's variants (repeatable; default: all).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and stop.")
-def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, variants, dry_run) -> None:
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    metavar="RUN_DIR",
+    help="Continue an interrupted run with its own config.toml (no other option).",
+)
+def train(
+    plugin, task, config_file, sets, data, device, out_dir, with_plugins, variants, dry_run, resume_dir
+) -> None:
     """Train a teacher (unless given) and distil it into a student; write a run directory.
 
     When the config has variants (``kd tasks --defaults`` shows a task's), the teacher is trained once and
-    each variant's student learns from it; the report compares them with the no-KD baseline.
+    each variant's student learns from it; the report compares them with the no-KD baseline. Ctrl-C
+    stops cleanly (exit status 130); ``--resume RUN_DIR`` then continues from the last finished epoch.
     """
+    if resume_dir is not None:
+        given = [plugin, task, config_file, data, device, out_dir, *sets, *with_plugins, *variants]
+        if any(option is not None for option in given) or dry_run:
+            raise click.UsageError("--resume RUN_DIR takes no other option: the run keeps its config.toml")
+        _fit_or_exit(read_toml(Path(resume_dir) / "config.toml"), resume_dir)
+        return
     overrides: dict[str, Any] = {}
     if data is not None:
         # Stored absolute, so `kd eval RUN_DIR` and `kd train -c RUN_DIR/config.toml` work from anywhere.
@@ -118,10 +134,20 @@ def train(plugin, task, config_file, sets, data, device, out_dir, with_plugins, 
     if dry_run:
         click.echo(dump(config))
         return
-    from kdcore.engine import fit
+    _fit_or_exit(config)
+
+
+def _fit_or_exit(config: dict[str, Any], resume_dir: str | None = None) -> None:
+    """Run ``fit``; Ctrl-C ends with a one-line message and exit status 130 (128 + SIGINT)."""
+    from kdcore.engine import RunInterrupted, fit
 
     # soft_wrap: long paths (the run directory) print on one line even when stdout is not a terminal.
-    fit(config, console=Console(soft_wrap=True))
+    console = Console(soft_wrap=True)
+    try:
+        fit(config, console=console, resume=resume_dir)
+    except RunInterrupted as stop:
+        console.print(f"[bold yellow]stopped:[/] {escape(str(stop))}")
+        raise SystemExit(130) from None
 
 
 def _select_variants(available: dict[str, Any], chosen: tuple[str, ...]) -> dict[str, Any]:

@@ -38,7 +38,17 @@ from kdcore.checkpoint import load_checkpoint, save_checkpoint
 from kdcore.config import write_config
 from kdcore.hints import HintTerms, parse_hints
 from kdcore.plugins import Registry, get_registry
-from kdcore.report import write_report
+from kdcore.report import read_metrics, write_report
+from kdcore.resume import (
+    capture_rng,
+    check_resumable,
+    finished_stages,
+    load_resume_state,
+    load_stage_weights,
+    restore_rng,
+    save_resume_state,
+    truncate_metrics,
+)
 from kdcore.schedules import Schedule, build_schedule
 from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
@@ -105,6 +115,10 @@ class MetricsLog:
         self._fh.write(json.dumps(record, default=float) + "\n")
         self._fh.flush()
 
+    def size(self) -> int:
+        """Bytes written so far: the length a resumed run cuts the file back to."""
+        return self._fh.tell()
+
     def close(self) -> None:
         self._fh.close()
 
@@ -132,7 +146,10 @@ class DistillRun:
             logged with every training record and drawn in ``report/signals.png``.
         amp: whether this stage's forward passes run under mixed precision (CUDA with ``train.amp``).
         plugin_state: a scratch dict that lives for the whole run, for plugins' own objects (an online
-            assistant, a cache); key it by plugin name.
+            assistant, a cache); key it by plugin name. To survive ``kd train --resume``, implement
+            ``kd_state_dict`` / ``kd_load_state_dict`` for what is in it.
+        started_at: ``time.perf_counter()`` when the run started (earlier, for a resumed run, by the time
+            it had already run).
         stop_requested: set to True from a hook to end the stage after the current epoch (after the next
             one when set in ``kd_epoch_end`` of an epoch without validation: a stage ends validated).
     """
@@ -159,6 +176,7 @@ class DistillRun:
     variant: str = ""
     amp: bool = False
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
 
     @property
     def progress(self) -> float:
@@ -167,6 +185,17 @@ class DistillRun:
     @property
     def distilling(self) -> bool:
         return self.teacher is not None
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; ``kd train --resume run_dir`` continues it from the last finished epoch."""
+
+    def __init__(self, run_dir: Path, stage: str, epoch: int) -> None:
+        super().__init__(
+            f"interrupted in stage {stage!r} during epoch {epoch + 1}; its weights at that moment are in "
+            f"checkpoints/, and `kd train --resume {run_dir}` continues from the last finished epoch"
+        )
+        self.run_dir, self.stage, self.epoch = run_dir, stage, epoch
 
 
 @dataclass
@@ -189,9 +218,17 @@ def make_run_dir(config: Mapping[str, Any], task: Task) -> Path:
 
 
 def fit(
-    config: dict[str, Any], registry: Registry | None = None, console: Console | None = None
+    config: dict[str, Any],
+    registry: Registry | None = None,
+    console: Console | None = None,
+    resume: str | Path | None = None,
 ) -> FitResult:
-    """Run every stage of a distillation run described by a resolved ``config``."""
+    """Run every stage of a distillation run described by a resolved ``config``.
+
+    With ``resume`` (a run directory whose ``config.toml`` is ``config``), continue that run instead:
+    finished stages are kept, the interrupted one continues after its last finished epoch
+    (:mod:`kdcore.resume`). Ctrl-C raises :class:`RunInterrupted` after saving what it can.
+    """
     registry = registry or get_registry()
     console = console or Console()
     task = registry.get_task(config["plugin"], config["task"])
@@ -209,13 +246,19 @@ def fit(
     seed_everything(config["seed"])
     data = task.build_data(config)
     pm = registry.run_plugin_manager(task, config["with_plugins"])
-    run_dir = make_run_dir(config, task)
-    write_config(run_dir / "config.toml", config)
+    resume_state, finished = None, set()
+    if resume is None:
+        run_dir = make_run_dir(config, task)
+        write_config(run_dir / "config.toml", config)
+    else:
+        run_dir, resume_state, finished = _prepare_resume(Path(resume), device)
     log = MetricsLog(run_dir / "metrics.jsonl")
     kd_loss = registry.losses[config["distill"]["loss"]]
     run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss)
-    console.print(f"[bold]kd[/] {escape(f'{task.plugin}/{task.name} on {device} → {run_dir}')}")
-    started = time.perf_counter()
+    verb = "resuming" if resume is not None else "→"
+    console.print(f"[bold]kd[/] {escape(f'{task.plugin}/{task.name} on {device} {verb} {run_dir}')}")
+    started = time.perf_counter() - (resume_state or {}).get("run_seconds", 0.0)
+    run.started_at = started
     try:
         teachers: list[nn.Module] = []
         shared_teacher: nn.Module | None = None
@@ -225,20 +268,32 @@ def fit(
             run.config, run.variant = stage_config, stage.variant
             run.kd_loss = registry.losses[stage_config["distill"]["loss"]]
             schedules, hint_specs = settings[stage.variant]
+            partial = resume_state if resume_state and resume_state["stage"] == stage.label else None
+            done = stage.label in finished  # by the run this one resumes
             if stage.is_teacher:
-                teachers.append(_teacher_model(run, stage, schedules, console))
+                teacher_model = (
+                    _finished_stage_model(run, stage)
+                    if done
+                    else _teacher_model(run, stage, schedules, console, partial)
+                )
+                teachers.append(teacher_model.eval())
                 continue
             if shared_teacher is None:
                 shared_teacher = teachers[0] if len(teachers) == 1 else _ensemble(teachers, config, device)
             if stage.variant != variant:  # each variant's chain starts from the shared teacher
                 variant, teacher = stage.variant, shared_teacher
-            model = _train_stage(
-                run, stage, teacher if stage.distilled else None, schedules, hint_specs, console
-            )
+            if done:
+                model = _finished_stage_model(run, stage)
+            else:
+                distilled_by = teacher if stage.distilled else None
+                model = _train_stage(run, stage, distilled_by, schedules, hint_specs, console, partial)
             if stage.name.startswith("assistant"):
                 teacher = model
         run.config, run.variant = config, ""
         log.write({"split": "run", "seconds": round(time.perf_counter() - started, 2), "device": str(device)})
+        (run_dir / "checkpoints" / "resume.pt").unlink(missing_ok=True)  # finished: nothing to resume
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, run.stage, run.epoch) from None
     finally:
         log.close()
     summary = write_report(run_dir)
@@ -332,10 +387,30 @@ def _build_model(run: DistillRun, stage: Stage) -> nn.Module:
     return run.task.build_model(stage.arch, run.data.info, run.config).to(run.device)
 
 
-def _teacher_model(run: DistillRun, stage: Stage, schedules: dict, console: Console) -> nn.Module:
+def _prepare_resume(run_dir: Path, device: torch.device) -> tuple[Path, dict | None, set[str]]:
+    """Cut the metrics back to the last saved epoch; return the saved state and the finished stages."""
+    check_resumable(run_dir, read_metrics(run_dir))
+    state = load_resume_state(run_dir, device)
+    if state is not None:
+        truncate_metrics(run_dir / "metrics.jsonl", int(state["metrics_bytes"]))
+    finished = finished_stages(read_metrics(run_dir))
+    return run_dir, (None if state is None or state.get("finished") else state), finished
+
+
+def _finished_stage_model(run: DistillRun, stage: Stage) -> nn.Module:
+    """A stage a resumed run already finished: its best weights, without training."""
+    model = _build_model(run, stage)
+    path = run.run_dir / "checkpoints" / f"{stage.checkpoint_prefix}best.pt"
+    model.load_state_dict(load_stage_weights(path, run.device))
+    return model
+
+
+def _teacher_model(
+    run: DistillRun, stage: Stage, schedules: dict, console: Console, resume: dict | None = None
+) -> nn.Module:
     path = run.config["teacher"]["checkpoint"] if stage.name == "teacher" else ""
     if not path:
-        return _train_stage(run, stage, None, schedules, [], console).eval()
+        return _train_stage(run, stage, None, schedules, [], console, resume)
     state = load_checkpoint(path, map_location=run.device)
     if state.get("arch", stage.arch) != stage.arch:
         raise ValueError(
@@ -421,6 +496,7 @@ def _train_stage(
     schedules: dict[str, Schedule],
     hint_specs: list,
     console: Console,
+    resume: dict | None = None,
 ) -> nn.Module:
     cfg, task, device = run.config, run.task, run.device
     section = cfg[stage.section]
@@ -454,6 +530,18 @@ def _train_stage(
     value = float("nan")
     started = time.perf_counter()
     run.pm.hook.kd_fit_start(run=run)
+    first_epoch = 0
+    parts = (model, optimizer, scaler, schedules, train_loader.generator)
+    if resume is not None:
+        best, best_epoch, value, seconds = _restore_stage(run, resume, *parts)
+        first_epoch = epochs if resume["ended"] else run.epoch + 1
+        started -= seconds
+
+    def save_epoch(ended: bool) -> None:
+        state = {"best": best, "best_epoch": best_epoch, "value": value, "ended": ended}
+        state["seconds"] = time.perf_counter() - started
+        save_resume_state(run.run_dir, _stage_state(run, stage, state, *parts))
+
     progress = Progress(
         TextColumn(f"[bold]{escape(stage.label)}[/]"),
         BarColumn(),
@@ -467,8 +555,8 @@ def _train_stage(
     )
     try:
         with progress:
-            bar = progress.add_task(stage.label, total=run.total_steps, status="")
-            for epoch in range(epochs):
+            bar = progress.add_task(stage.label, total=run.total_steps, completed=run.step, status="")
+            for epoch in range(first_epoch, epochs):
                 run.epoch = epoch
                 run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
                 model.train()
@@ -497,6 +585,7 @@ def _train_stage(
                     record["train_loss"] = train_loss
                     run.pm.hook.kd_epoch_end(run=run, epoch=epoch, metrics=record)
                     run.log.write(record)
+                    save_epoch(ended=False)
                     continue  # a stop requested now is honoured after the next epoch, which validates
                 metrics = task.evaluate(model, val_loader, device, cfg)
                 if task.main_metric not in metrics:
@@ -519,8 +608,14 @@ def _train_stage(
                     f"\\[{escape(stage.label)}] epoch {epoch + 1}/{epochs}  "
                     f"train loss {record['train_loss']:.4f}  val {task.main_metric} {value:.4f}"
                 )
+                save_epoch(ended=run.stop_requested or epoch == epochs - 1)
                 if run.stop_requested:
                     break
+    except KeyboardInterrupt:
+        # The weights of the moment, for `kd eval`; resuming restarts from the last finished epoch.
+        state = _checkpoint_payload(run, stage, model, optimizer, run.epoch, {})
+        save_checkpoint(ckpt_dir / f"{prefix}interrupted.pt", state)
+        raise
     finally:
         if run.hints is not None:
             run.hints.close()
@@ -541,9 +636,68 @@ def _train_stage(
     }
     run.pm.hook.kd_fit_end(run=run, summary=summary)
     run.log.write(summary)
+    finished = {"stage": stage.label, "finished": True, "metrics_bytes": run.log.size()}
+    save_resume_state(run.run_dir, {**finished, "run_seconds": time.perf_counter() - run.started_at})
     # Hand the best weights on: a teacher or assistant teaches with its best epoch, not its last.
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     return model
+
+
+def _stage_state(
+    run: DistillRun,
+    stage: Stage,
+    bookkeeping: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedules: Mapping[str, Schedule],
+    loader_generator: torch.Generator,
+) -> dict[str, Any]:
+    """Everything :func:`_restore_stage` needs to continue ``stage`` after the current epoch."""
+    plugins: dict[str, Any] = {}
+    for part in run.pm.hook.kd_state_dict(run=run):
+        plugins.update(part)
+    return {
+        "stage": stage.label,
+        "epoch": run.epoch,
+        "step": run.step,
+        "stop_requested": run.stop_requested,
+        "signals": dict(run.signals),
+        **bookkeeping,
+        "run_seconds": time.perf_counter() - run.started_at,
+        "metrics_bytes": run.log.size(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "schedules": {name: schedule.state_dict() for name, schedule in schedules.items()},
+        "hints": run.hints.state_dict() if run.hints is not None else {},
+        "plugins": plugins,
+        "rng": capture_rng(loader_generator),
+    }
+
+
+def _restore_stage(
+    run: DistillRun,
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedules: Mapping[str, Schedule],
+    loader_generator: torch.Generator,
+) -> tuple[float | None, int, float, float]:
+    """Load a :func:`_stage_state` into this stage; return best, best epoch, last metric and seconds."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    for name, schedule in schedules.items():
+        schedule.load_state_dict(state["schedules"].get(name, {}))
+    if run.hints is not None:
+        run.hints.load_state_dict(state["hints"])
+    run.pm.hook.kd_load_state_dict(run=run, state=state["plugins"])
+    run.epoch, run.step, run.stop_requested = state["epoch"], state["step"], state["stop_requested"]
+    run.signals.update(state["signals"])
+    restore_rng(state["rng"], loader_generator)
+    return state["best"], state["best_epoch"], state["value"], state["seconds"]
 
 
 def _checkpoint_payload(

@@ -157,3 +157,25 @@ def kd_after_validation(run, epoch, metrics):
     plugin sets ``run.signals[...]`` that a signal-driven schedule reads. Set ``run.stop_requested = True``
     to end the stage early. Return value ignored.
     """
+
+
+@hookspec
+def kd_state_dict(run):
+    """Return this plugin's resumable state for the current stage, or None when it keeps none.
+
+    Called after every epoch, when kdcore writes ``checkpoints/resume.pt``. Return a dict with one key of
+    your own (your plugin's name, say) mapping to tensors, numbers, strings, lists and dicts only: the
+    file is loaded with ``weights_only=True``. An online assistant's weights and optimizer, or the
+    generators of random transforms that do not use the global ones, belong here; anything rebuilt
+    identically by ``kd_fit_start`` does not.
+    """
+
+
+@hookspec
+def kd_load_state_dict(run, state):
+    """Restore, in a resumed stage, what ``kd_state_dict`` returned.
+
+    Called once, right after ``kd_fit_start`` of the stage ``kd train --resume`` continues. ``state``
+    is the merged dict of every plugin's ``kd_state_dict`` result: take your own key, ignore the rest.
+    Return value ignored.
+    """

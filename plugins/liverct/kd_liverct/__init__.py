@@ -150,6 +150,28 @@ def kd_fit_end(run, summary):
 
 
 @hookimpl
+def kd_state_dict(run):
+    """The random crops' and flips' generators and, in a GTAN stage, the assistant (for ``--resume``)."""
+    state: dict[str, Any] = {}
+    if isinstance(run.data.train, ReseedableDataset):
+        state["data"] = run.data.train.rng_state()
+    assistant = gtan.state_dict(run)
+    if assistant is not None:
+        state["gtan"] = assistant
+    return {"liverct": state}
+
+
+@hookimpl
+def kd_load_state_dict(run, state):
+    """Restore what ``kd_state_dict`` saved, after ``kd_fit_start`` rebuilt the stage's objects."""
+    mine = state.get("liverct", {})
+    if "data" in mine:
+        run.data.train.set_rng_state(mine["data"])
+    if "gtan" in mine:
+        gtan.load_state_dict(run, mine["gtan"])
+
+
+@hookimpl
 def kd_register_commands(cli):
     """Add ``kd predict``: segment new CT volumes with a trained liverct run."""
     from kd_liverct.predict import register_command

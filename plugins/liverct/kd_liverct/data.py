@@ -84,6 +84,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdcore import TaskData
+from kdcore.resume import pack_numpy_state, unpack_numpy_state
 
 if TYPE_CHECKING:
     from monai.transforms import Compose
@@ -657,6 +658,45 @@ class ReseedableDataset(Dataset):
         """Restart the random transforms' stream at ``seed`` (the main process's; workers derive theirs)."""
         self.dataset.transform.set_random_state(seed=seed % 2**32)
         self._worker_seed = None
+
+    def rng_state(self) -> list[list[Any]]:
+        """The main process's random transforms' generator states (weights-only-loadable), in order."""
+        return [pack_numpy_state(transform.R.get_state()) for transform in self._random_transforms()]
+
+    def set_rng_state(self, states: list[list[Any]]) -> None:
+        """Put the generators back to what :meth:`rng_state` returned (a resumed stage)."""
+        transforms = self._random_transforms()
+        if len(states) != len(transforms):
+            raise ValueError(
+                f"the saved state holds {len(states)} random transforms, the pipeline {len(transforms)}"
+            )
+        for transform, saved in zip(transforms, states, strict=True):
+            transform.R.set_state(unpack_numpy_state(saved))
+        self._worker_seed = None
+
+    def _random_transforms(self) -> list[Any]:
+        """Every random generator holder of the pipeline, in a fixed order.
+
+        That is each ``Randomizable`` transform, the ones nested in a ``Compose``, and the ones a
+        dictionary transform keeps inside (``RandCropByLabelClassesd`` crops with its own
+        ``RandCropByLabelClasses`` and that one's generator). Walked by hand: ``Compose.flatten()`` builds
+        a new ``Compose``, whose constructor reseeds every transform in it from MONAI's global seed.
+        """
+        from monai.transforms import Randomizable
+
+        found: list[Any] = []
+        seen: set[int] = set()
+        pending: list[Any] = [self.dataset.transform]
+        while pending:
+            item = pending.pop(0)
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            children = list(getattr(item, "transforms", ())) + list(vars(item).values())
+            pending[:0] = [c for c in children if isinstance(c, Randomizable)]
+            if hasattr(item, "R"):
+                found.append(item)
+        return found
 
     def __len__(self) -> int:
         return len(self.dataset)

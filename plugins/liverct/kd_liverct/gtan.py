@@ -119,6 +119,28 @@ def soft_targets(run: Any, inputs: torch.Tensor, batch: Any) -> torch.Tensor | N
     return logits.detach()
 
 
+def state_dict(run: Any) -> dict[str, Any] | None:
+    """The assistant, its optimiser and scaler, for ``kd train --resume`` (None outside a GTAN stage)."""
+    state = active(run)
+    if state is None:
+        return None
+    return {
+        "assistant": state.assistant.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+    }
+
+
+def load_state_dict(run: Any, saved: dict[str, Any]) -> None:
+    """Restore what :func:`state_dict` saved into the assistant that ``start`` built."""
+    state = active(run)
+    if state is None:
+        raise ValueError("the resumed stage saved a GTAN assistant, but GTAN is not active in it")
+    state.assistant.load_state_dict(saved["assistant"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scaler.load_state_dict(saved["scaler"])
+
+
 def describe(run: Any, record: dict[str, Any]) -> None:
     """Add the assistant's width and active parameter count to an epoch record (``kd_epoch_end``)."""
     state = active(run)
