@@ -60,7 +60,15 @@ CORE_DEFAULTS: dict[str, Any] = {
         "teacher_weights": [],
         "baseline": True,
     },
-    "train": {"log_every": 10, "eval_every": 1, "progress": True, "amp": True, "grad_clip": 0.0},
+    "train": {
+        "log_every": 10,
+        "eval_every": 1,
+        "progress": True,
+        "amp": True,
+        "amp_dtype": "auto",
+        "grad_clip": 0.0,
+        "accumulate": 1,
+    },
     "options": {},
     "variants": {},
 }
@@ -78,6 +86,7 @@ AT_LEAST_ONE = (
     "data.eval_batch_size",
     "train.log_every",
     "train.eval_every",
+    "train.accumulate",
 )
 
 #: Keys whose value is a schedule spec (a number or a table with a ``name``): free-form here.

@@ -82,6 +82,29 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def autocast_dtype(train: Mapping[str, Any], device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` / ``train.amp_dtype`` on ``device``; None: full precision.
+
+    ``auto`` is float16 (with a gradient scaler) on CUDA and full precision elsewhere; ``bfloat16`` runs
+    on CUDA and CPUs (no scaler needed); ``float16`` needs CUDA.
+    """
+    name = train["amp_dtype"]
+    if name not in ("auto", *AMP_DTYPES):
+        raise ValueError(f"train.amp_dtype must be auto, float16 or bfloat16, got {name!r}")
+    if not train["amp"]:
+        return None
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if name == "float16" and device.type != "cuda":
+        raise ValueError(f"train.amp_dtype float16 needs CUDA, the device is {device}; use bfloat16 or auto")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"train.amp_dtype {name} is not supported on {device}; use auto")
+    return AMP_DTYPES[name]
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) for a repeatable run."""
     random.seed(seed)
@@ -144,7 +167,9 @@ class DistillRun:
         temperature, alpha: the values used at the current step.
         signals: named floats schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own);
             logged with every training record and drawn in ``report/signals.png``.
-        amp: whether this stage's forward passes run under mixed precision (CUDA with ``train.amp``).
+        amp_dtype: the autocast dtype of forward passes (``train.amp`` and ``train.amp_dtype``), or None
+            for full precision; ``amp`` says whether there is one, ``grad_scaling`` whether float16 needs
+            a gradient scaler (a plugin training its own model in the step uses the same).
         plugin_state: a scratch dict that lives for the whole run, for plugins' own objects (an online
             assistant, a cache); key it by plugin name. To survive ``kd train --resume``, implement
             ``kd_state_dict`` / ``kd_load_state_dict`` for what is in it.
@@ -174,7 +199,7 @@ class DistillRun:
     signals: dict[str, float] = field(default_factory=dict)
     stop_requested: bool = False
     variant: str = ""
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None
     plugin_state: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
 
@@ -185,6 +210,14 @@ class DistillRun:
     @property
     def distilling(self) -> bool:
         return self.teacher is not None
+
+    @property
+    def amp(self) -> bool:
+        return self.amp_dtype is not None
+
+    @property
+    def grad_scaling(self) -> bool:
+        return self.amp_dtype == torch.float16
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -243,6 +276,7 @@ def fit(
     configs = {stage.variant: cfg for stage, cfg in plan}
     settings = {variant: _stage_settings(cfg, registry) for variant, cfg in configs.items()}
     device = select_device(config["device"])
+    amp_dtype = autocast_dtype(config["train"], device)
     seed_everything(config["seed"])
     data = task.build_data(config)
     pm = registry.run_plugin_manager(task, config["with_plugins"])
@@ -254,7 +288,7 @@ def fit(
         run_dir, resume_state, finished = _prepare_resume(Path(resume), device)
     log = MetricsLog(run_dir / "metrics.jsonl")
     kd_loss = registry.losses[config["distill"]["loss"]]
-    run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss)
+    run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss, amp_dtype=amp_dtype)
     verb = "resuming" if resume is not None else "→"
     console.print(f"[bold]kd[/] {escape(f'{task.plugin}/{task.name} on {device} {verb} {run_dir}')}")
     started = time.perf_counter() - (resume_state or {}).get("run_seconds", 0.0)
@@ -520,8 +554,7 @@ def _train_stage(
     optimizer = _optimizer(model, extra_params, section)
     lr_factor = schedules[f"lr:{stage.section}"]
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    run.amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.grad_scaling)
     ckpt_dir = run.run_dir / "checkpoints"
     prefix = stage.checkpoint_prefix
     best_path, last_path = ckpt_dir / f"{prefix}best.pt", ckpt_dir / f"{prefix}last.pt"
@@ -561,9 +594,12 @@ def _train_stage(
                 run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
                 model.train()
                 loss_sum, batches = 0.0, 0
-                for batch in train_loader:
+                for index, batch in enumerate(train_loader):
                     lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
-                    losses = _train_step(run, model, optimizer, scaler, schedules, to_device(batch, device))
+                    window = _window(index, len(train_loader), cfg["train"]["accumulate"])
+                    losses = _train_step(
+                        run, model, optimizer, scaler, schedules, to_device(batch, device), *window
+                    )
                     loss_sum += losses["total"]
                     batches += 1
                     if run.step % cfg["train"]["log_every"] == 0:
@@ -724,12 +760,16 @@ def _train_step(
     scaler: torch.amp.GradScaler,
     schedules: dict[str, Schedule],
     batch: Any,
+    window: int = 1,
+    last_in_window: bool = True,
 ) -> dict[str, float]:
+    """One batch: forward, losses, backward of ``total / window``; the optimiser steps on the last batch
+    of each accumulation window (``train.accumulate`` batches; fewer at the end of an epoch)."""
     task = run.task
     run.pm.hook.kd_step_start(run=run, step=run.step, batch=batch)
     inputs, targets = task.split_batch(batch)
     logged: dict[str, float] = {}
-    with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp):
         outputs = model(inputs)
         supervised = task.supervised_loss(outputs, targets)
         if run.distilling:
@@ -764,17 +804,25 @@ def _train_step(
             f"stage {run.stage!r} step {run.step}: the loss is {_scalar(total)}; lower the learning rate "
             f"({run.stage} lr) or check the data"
         )
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
-    clip = run.config["train"]["grad_clip"]
-    if clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    scaler.step(optimizer)
-    scaler.update()
+    scaler.scale(total / window).backward()
+    if last_in_window:
+        clip = run.config["train"]["grad_clip"]
+        if clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
     losses = {"total": _scalar(total), "supervised": _scalar(supervised), **logged}
     run.pm.hook.kd_step_end(run=run, step=run.step, losses=losses)
     return losses
+
+
+def _window(index: int, batches: int, accumulate: int) -> tuple[int, bool]:
+    """Size of the accumulation window holding batch ``index`` of an epoch, and whether it is its last."""
+    start = index - index % accumulate
+    size = min(accumulate, batches - start)
+    return size, index == start + size - 1
 
 
 def _scalar(value: float | torch.Tensor) -> float:

@@ -346,7 +346,9 @@ def test_read_toml_of_invalid_toml_names_the_file(tmp_path):
         read_toml(bad)
 
 
-@pytest.mark.parametrize("key", ["teacher.epochs", "student.epochs", "data.batch_size", "train.eval_every"])
+@pytest.mark.parametrize(
+    "key", ["teacher.epochs", "student.epochs", "data.batch_size", "train.eval_every", "train.accumulate"]
+)
 def test_counts_below_one_are_refused_with_the_key(key):
     with pytest.raises(
         ConfigError, match=rf"'{key}' in --set {key}=0 must be an integer of at least 1, got 0"

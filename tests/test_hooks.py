@@ -305,3 +305,56 @@ def test_a_learnable_lr_schedule_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"teacher\.lr_schedule cannot be a learnable schedule"):
         learnable = "{name='learnable', initial=2.0, min_value=0.5, max_value=4.0}"
         run_tiny(tmp_path, monkeypatch, sets=[f"teacher.lr_schedule={learnable}"])
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    from kdcore.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize(
+    ("small", "accumulate", "large"), [(5, 3, 15), (5, 4, 20)], ids=["even", "short-last-window"]
+)
+def test_accumulating_small_batches_trains_like_one_large_batch(
+    tmp_path, monkeypatch, small, accumulate, large
+):
+    sets = ["student.optimizer='sgd'", "teacher.optimizer='sgd'", "train.log_every=1"]
+    one = run_tiny(tmp_path / "one", monkeypatch, sets=[*sets, f"data.batch_size={large}"])
+    many = run_tiny(
+        tmp_path / "many",
+        monkeypatch,
+        sets=[*sets, f"data.batch_size={small}", f"train.accumulate={accumulate}"],
+    )
+    for key, tensor in final_weights(one.run_dir).items():
+        assert torch.allclose(tensor, final_weights(many.run_dir)[key], atol=1e-6), key
+    assert len(records(many.run_dir, "train", "student")) == 2 * 9  # every batch is logged, 9 per epoch
+
+
+def test_bfloat16_autocast_runs_on_a_cpu_and_float16_is_refused_there(tmp_path, monkeypatch):
+    dtypes = set()
+
+    @hookimpl
+    def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
+        dtypes.add((student_outputs.dtype, run.grad_scaling))
+
+    result = run_tiny(tmp_path, monkeypatch, kd_distill_loss, sets=["train.amp_dtype='bfloat16'"])
+    assert dtypes == {(torch.bfloat16, False)}
+    assert result.summary["stages"]["student"]["best_metric"] is not None
+    with pytest.raises(ValueError, match=r"train\.amp_dtype float16 needs CUDA"):
+        run_tiny(tmp_path / "fp16", monkeypatch, sets=["train.amp_dtype='float16'"])
+    with pytest.raises(ValueError, match=r"train\.amp_dtype must be auto, float16 or bfloat16"):
+        run_tiny(tmp_path / "other", monkeypatch, sets=["train.amp_dtype='int8'"])
+
+
+def test_amp_off_or_auto_on_a_cpu_trains_in_full_precision(tmp_path, monkeypatch):
+    dtypes = set()
+
+    @hookimpl
+    def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
+        dtypes.add((student_outputs.dtype, run.amp))
+
+    run_tiny(tmp_path / "auto", monkeypatch, kd_distill_loss)
+    off = ["train.amp=false", "train.amp_dtype='bfloat16'"]
+    run_tiny(tmp_path / "off", monkeypatch, kd_distill_loss, sets=off)
+    assert dtypes == {(torch.float32, False)}

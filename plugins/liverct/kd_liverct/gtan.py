@@ -83,7 +83,7 @@ def start(run: Any) -> None:
     optimizer = torch.optim.Adam(
         assistant.parameters(), lr=section["lr"], weight_decay=section["weight_decay"]
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.grad_scaling)
     schedule = width_schedule(options["gtan_start"], options["gtan_grow_until"])
     run.plugin_state[STATE_KEY] = GtanState(assistant, optimizer, scaler, schedule)
 
