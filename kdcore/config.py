@@ -68,6 +68,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "amp_dtype": "auto",
         "grad_clip": 0.0,
         "accumulate": 1,
+        "teacher_cache": False,
     },
     "options": {},
     "variants": {},

@@ -52,6 +52,7 @@ from kdcore.resume import (
 from kdcore.schedules import Schedule, build_schedule
 from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
+from kdcore.teacher_cache import IndexedDataset, TeacherCache, indexed_collate, refusal
 
 #: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
 RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals", "lr"})
@@ -173,6 +174,8 @@ class DistillRun:
         plugin_state: a scratch dict that lives for the whole run, for plugins' own objects (an online
             assistant, a cache); key it by plugin name. To survive ``kd train --resume``, implement
             ``kd_state_dict`` / ``kd_load_state_dict`` for what is in it.
+        teacher_label: the stage label of the model teaching this stage ("teacher", or an assistant's).
+        teacher_caches: the teacher-output caches of the run, by teacher label (``train.teacher_cache``).
         started_at: ``time.perf_counter()`` when the run started (earlier, for a resumed run, by the time
             it had already run).
         stop_requested: set to True from a hook to end the stage after the current epoch (after the next
@@ -202,6 +205,8 @@ class DistillRun:
     amp_dtype: torch.dtype | None = None
     plugin_state: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
+    teacher_label: str = ""
+    teacher_caches: dict[str, TeacherCache] = field(default_factory=dict)
 
     @property
     def progress(self) -> float:
@@ -280,6 +285,11 @@ def fit(
     seed_everything(config["seed"])
     data = task.build_data(config)
     pm = registry.run_plugin_manager(task, config["with_plugins"])
+    if config["train"]["teacher_cache"]:
+        for _, hint_specs in settings.values():
+            reason = refusal(data.deterministic_train, hint_specs, pm)
+            if reason:
+                raise ValueError(f"train.teacher_cache cannot be used: {reason}; set it to false")
     resume_state, finished = None, set()
     if resume is None:
         run_dir = make_run_dir(config, task)
@@ -315,14 +325,14 @@ def fit(
             if shared_teacher is None:
                 shared_teacher = teachers[0] if len(teachers) == 1 else _ensemble(teachers, config, device)
             if stage.variant != variant:  # each variant's chain starts from the shared teacher
-                variant, teacher = stage.variant, shared_teacher
+                variant, teacher, run.teacher_label = stage.variant, shared_teacher, "teacher"
             if done:
                 model = _finished_stage_model(run, stage)
             else:
                 distilled_by = teacher if stage.distilled else None
                 model = _train_stage(run, stage, distilled_by, schedules, hint_specs, console, partial)
             if stage.name.startswith("assistant"):
-                teacher = model
+                teacher, run.teacher_label = model, stage.label
         run.config, run.variant = config, ""
         log.write({"split": "run", "seconds": round(time.perf_counter() - started, 2), "device": str(device)})
         (run_dir / "checkpoints" / "resume.pt").unlink(missing_ok=True)  # finished: nothing to resume
@@ -457,7 +467,18 @@ def _teacher_model(
     return model.eval()
 
 
-def _loaders(run: DistillRun) -> tuple[DataLoader, DataLoader]:
+def _teacher_cache(run: DistillRun) -> TeacherCache:
+    """The cache of the current teacher's outputs, shared by every stage it teaches."""
+    label = run.teacher_label
+    if label not in run.teacher_caches:
+        path = run.run_dir / "cache" / f"teacher_{label.replace('/', '.')}.pt"
+        run.teacher_caches[label] = TeacherCache(len(run.data.train), path)
+    return run.teacher_caches[label]
+
+
+def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLoader]:
+    """The training loader (shuffled by the run seed; ``(indices, batch)`` when ``indexed``) and the
+    validation loader."""
     data_cfg = run.config["data"]
     generator = torch.Generator().manual_seed(run.config["seed"])
     common = {
@@ -465,8 +486,10 @@ def _loaders(run: DistillRun) -> tuple[DataLoader, DataLoader]:
         "collate_fn": run.data.collate_fn,
         "pin_memory": run.device.type == "cuda",
     }
+    train_set = IndexedDataset(run.data.train) if indexed else run.data.train
+    train_common = {**common, "collate_fn": indexed_collate(run.data.collate_fn)} if indexed else common
     train = DataLoader(
-        run.data.train, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **common
+        train_set, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **train_common
     )
     val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
     if len(train) == 0:
@@ -534,7 +557,8 @@ def _train_stage(
 ) -> nn.Module:
     cfg, task, device = run.config, run.task, run.device
     section = cfg[stage.section]
-    train_loader, val_loader = _loaders(run)
+    cache = _teacher_cache(run) if teacher is not None and cfg["train"]["teacher_cache"] else None
+    train_loader, val_loader = _loaders(run, indexed=cache is not None)
     model = _build_model(run, stage)
     run.stage, run.student, run.teacher, run.hints = stage.name, model, teacher, None
     run.step, run.epoch, run.stop_requested = 0, 0, False
@@ -597,9 +621,12 @@ def _train_stage(
                 for index, batch in enumerate(train_loader):
                     lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
                     window = _window(index, len(train_loader), cfg["train"]["accumulate"])
-                    losses = _train_step(
-                        run, model, optimizer, scaler, schedules, to_device(batch, device), *window
-                    )
+                    cached = None
+                    if cache is not None:
+                        items, batch = batch
+                        cached = (cache, items)
+                    batch = to_device(batch, device)
+                    losses = _train_step(run, model, optimizer, scaler, schedules, batch, *window, cached)
                     loss_sum += losses["total"]
                     batches += 1
                     if run.step % cfg["train"]["log_every"] == 0:
@@ -762,9 +789,11 @@ def _train_step(
     batch: Any,
     window: int = 1,
     last_in_window: bool = True,
+    cached: tuple[TeacherCache, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One batch: forward, losses, backward of ``total / window``; the optimiser steps on the last batch
-    of each accumulation window (``train.accumulate`` batches; fewer at the end of an epoch)."""
+    of each accumulation window (``train.accumulate`` batches; fewer at the end of an epoch). With
+    ``cached`` (the cache and the batch's item indices) the teacher runs only for items not cached yet."""
     task = run.task
     run.pm.hook.kd_step_start(run=run, step=run.step, batch=batch)
     inputs, targets = task.split_batch(batch)
@@ -775,7 +804,11 @@ def _train_step(
         if run.distilling:
             run.temperature = schedules["temperature"](run.progress, run.signals)
             run.alpha = float(schedules["alpha"](run.progress, run.signals))
-            teacher_outputs = run.pm.hook.kd_soft_targets(run=run, inputs=inputs, batch=batch)
+            teacher_outputs = cached[0].lookup(cached[1], run.device) if cached else None
+            if teacher_outputs is None:
+                teacher_outputs = run.pm.hook.kd_soft_targets(run=run, inputs=inputs, batch=batch)
+                if cached:
+                    cached[0].store(cached[1], teacher_outputs)
             terms = run.pm.hook.kd_distill_loss(
                 run=run, student_outputs=outputs, teacher_outputs=teacher_outputs, batch=batch
             )

@@ -23,12 +23,15 @@ class TaskData:
         info: facts the model builders need, e.g. ``{"num_classes": 10, "in_channels": 1}``. Plain
             numbers, strings and lists only: it is stored in every checkpoint.
         collate_fn: optional collate function for both loaders.
+        deterministic_train: True when ``train[i]`` is the same every time it is read (no random
+            augmentation): the engine may then cache the teacher's outputs by item (``train.teacher_cache``).
     """
 
     train: Dataset
     val: Dataset
     info: Mapping[str, Any] = field(default_factory=dict)
     collate_fn: Callable[[list[Any]], Any] | None = None
+    deterministic_train: bool = False
 
 
 def split_input_target(batch: Any) -> tuple[Any, Any]:

@@ -72,7 +72,9 @@ def load_digits_data(config: Mapping[str, Any]) -> TaskData:
     train_idx, val_idx = _split_indices(len(full), options["val_fraction"])
     train_idx = _limit(train_idx, options["train_fraction"], seed)
     info = {"num_classes": 10, "in_channels": 1, "image_size": 8, "source": "sklearn.datasets.load_digits"}
-    return TaskData(train=Subset(full, train_idx), val=Subset(full, val_idx), info=info)
+    return TaskData(
+        train=Subset(full, train_idx), val=Subset(full, val_idx), info=info, deterministic_train=True
+    )
 
 
 def load_image_folder(config: Mapping[str, Any]) -> TaskData:
@@ -112,7 +114,7 @@ def load_image_folder(config: Mapping[str, Any]) -> TaskData:
         "image_size": size,
         "classes": list(classes),
     }
-    return TaskData(train=train, val=val, info=info)
+    return TaskData(train=train, val=val, info=info, deterministic_train=True)  # no random augmentation
 
 
 def build_data(config: Mapping[str, Any]) -> TaskData:
