@@ -209,7 +209,15 @@ def test_ctrl_c_in_kd_train_exits_130_and_kd_train_resume_finishes_the_run(tmp_p
     sets += ["options.train_fraction=0.3", "train.progress=false", "run_name='r'"]
     args = [sys.executable, "-m", "kdcore.cli", "train", "--device", "cpu", "--out", str(out)]
     args += [item for s in sets for item in ("-s", s)]
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A shell's background jobs start with SIGINT ignored (CI runners do that); Ctrl-C must reach kd.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     run_dir = out / "classify" / "digits" / "r"
     deadline = time.monotonic() + 120
     resume_file = run_dir / "checkpoints" / "resume.pt"
