@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pluggy
@@ -588,16 +588,16 @@ def _train_stage(
     started = time.perf_counter()
     run.pm.hook.kd_fit_start(run=run)
     first_epoch = 0
-    parts = (model, optimizer, scaler, schedules, train_loader.generator)
+    parts = StageParts(model, optimizer, scaler, schedules, train_loader.generator)
     if resume is not None:
-        best, best_epoch, value, seconds = _restore_stage(run, resume, *parts)
+        best, best_epoch, value, seconds = _restore_stage(run, resume, parts)
         first_epoch = epochs if resume["ended"] else run.epoch + 1
         started -= seconds
 
     def save_epoch(ended: bool) -> None:
         state = {"best": best, "best_epoch": best_epoch, "value": value, "ended": ended}
         state["seconds"] = time.perf_counter() - started
-        save_resume_state(run.run_dir, _stage_state(run, stage, state, *parts))
+        save_resume_state(run.run_dir, _stage_state(run, stage, state, parts))
 
     progress = Progress(
         TextColumn(f"[bold]{escape(stage.label)}[/]"),
@@ -706,15 +706,18 @@ def _train_stage(
     return model
 
 
+class StageParts(NamedTuple):
+    """What a stage trains with and a resume must restore, besides ``run`` itself."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedules: Mapping[str, Schedule]
+    loader_generator: torch.Generator
+
+
 def _stage_state(
-    run: DistillRun,
-    stage: Stage,
-    bookkeeping: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    schedules: Mapping[str, Schedule],
-    loader_generator: torch.Generator,
+    run: DistillRun, stage: Stage, bookkeeping: dict[str, Any], parts: StageParts
 ) -> dict[str, Any]:
     """Everything :func:`_restore_stage` needs to continue ``stage`` after the current epoch."""
     plugins: dict[str, Any] = {}
@@ -729,37 +732,31 @@ def _stage_state(
         **bookkeeping,
         "run_seconds": time.perf_counter() - run.started_at,
         "metrics_bytes": run.log.size(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "schedules": {name: schedule.state_dict() for name, schedule in schedules.items()},
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "schedules": {name: schedule.state_dict() for name, schedule in parts.schedules.items()},
         "hints": run.hints.state_dict() if run.hints is not None else {},
         "plugins": plugins,
-        "rng": capture_rng(loader_generator),
+        "rng": capture_rng(parts.loader_generator),
     }
 
 
 def _restore_stage(
-    run: DistillRun,
-    state: Mapping[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    schedules: Mapping[str, Schedule],
-    loader_generator: torch.Generator,
+    run: DistillRun, state: Mapping[str, Any], parts: StageParts
 ) -> tuple[float | None, int, float, float]:
     """Load a :func:`_stage_state` into this stage; return best, best epoch, last metric and seconds."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    for name, schedule in schedules.items():
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scaler.load_state_dict(state["scaler"])
+    for name, schedule in parts.schedules.items():
         schedule.load_state_dict(state["schedules"].get(name, {}))
     if run.hints is not None:
         run.hints.load_state_dict(state["hints"])
     run.pm.hook.kd_load_state_dict(run=run, state=state["plugins"])
     run.epoch, run.step, run.stop_requested = state["epoch"], state["step"], state["stop_requested"]
     run.signals.update(state["signals"])
-    restore_rng(state["rng"], loader_generator)
+    restore_rng(state["rng"], parts.loader_generator)
     return state["best"], state["best_epoch"], state["value"], state["seconds"]
 
 

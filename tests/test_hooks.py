@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-import types
 from collections.abc import Callable
 
 import pytest
 import torch
 from rich.console import Console
-from tiny import tiny_task
+from tiny import plugin_registry, tiny_task
 from torch import nn
 
 from kdcore import hookimpl
 from kdcore.config import resolve
 from kdcore.engine import fit
-from kdcore.plugins import DEFAULT_PLUGINS, Registry
 from kdcore.report import read_metrics
 
 QUIET = Console(file=io.StringIO())
@@ -27,19 +24,9 @@ STEPS_PER_EPOCH = 3  # 45 training points, batches of 15
 TASK = tiny_task(distill={"alpha": 0.6})
 
 
-@hookimpl
-def kd_register_tasks(register):
-    register(TASK)
-
-
 def run_tiny(tmp_path, monkeypatch, *hooks: Callable, sets=(), **overrides):
     """Fit the tiny task of a plugin ``kdt_hooks`` that also implements ``hooks``."""
-    module = types.ModuleType("kdt_hooks")
-    for hook in (kd_register_tasks, *hooks):
-        setattr(module, hook.__name__, hook)
-    monkeypatch.setitem(sys.modules, "kdt_hooks", module)
-    registry = Registry(builtins=(*DEFAULT_PLUGINS, "kdt_hooks"), load_entry_points=False)
-    assert not registry.plugins["kdt_hooks"].broken, registry.plugins["kdt_hooks"].error
+    registry = plugin_registry(monkeypatch, "kdt_hooks", [TASK], *hooks)
     config = resolve(
         TASK.defaults,
         sets=sets,

@@ -13,19 +13,18 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
-from tiny import tiny_task
+from tiny import plugin_registry, tiny_task
 
 from kdcore import hookimpl
 from kdcore.checkpoint import load_checkpoint
 from kdcore.config import read_toml, resolve
 from kdcore.engine import RunInterrupted, fit
-from kdcore.plugins import DEFAULT_PLUGINS, Registry
+from kdcore.plugins import Registry
 from kdcore.report import read_metrics
 from kdcore.resume import ResumeError
 
@@ -57,18 +56,7 @@ TASK = dataclasses.replace(tiny_task("noisy"), build_model=lambda arch, info, co
 
 
 def registry_with(monkeypatch, *hooks) -> Registry:
-    module = types.ModuleType("kdt_resume")
-
-    @hookimpl
-    def kd_register_tasks(register):
-        register(TASK)
-
-    for hook in (kd_register_tasks, *hooks):
-        setattr(module, hook.__name__, hook)
-    monkeypatch.setitem(sys.modules, "kdt_resume", module)
-    registry = Registry(builtins=(*DEFAULT_PLUGINS, "kdt_resume"), load_entry_points=False)
-    assert not registry.plugins["kdt_resume"].broken, registry.plugins["kdt_resume"].error
-    return registry
+    return plugin_registry(monkeypatch, "kdt_resume", [TASK], *hooks)
 
 
 def config_for(tmp_path: Path, name: str) -> dict:

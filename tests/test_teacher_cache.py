@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import sys
-import types
 
 import pytest
 import torch
 from rich.console import Console
-from tiny import tiny_data, tiny_task
+from tiny import plugin_registry, tiny_data, tiny_task
 
 from kdcore import hookimpl
 from kdcore.checkpoint import load_checkpoint
 from kdcore.config import read_toml, resolve
 from kdcore.engine import RunInterrupted, fit
-from kdcore.plugins import DEFAULT_PLUGINS, Registry
 from kdcore.report import read_metrics
 
 QUIET = Console(file=io.StringIO())
@@ -32,18 +29,7 @@ RANDOM_TASK = tiny_task("random")  # its data does not declare deterministic_tra
 
 
 def run(tmp_path, monkeypatch, *hooks, task=TASK, sets=(), name="r", resume=None):
-    module = types.ModuleType("kdt_cache")
-
-    @hookimpl
-    def kd_register_tasks(register):
-        register(TASK)
-        register(RANDOM_TASK)
-
-    for hook in (kd_register_tasks, *hooks):
-        setattr(module, hook.__name__, hook)
-    monkeypatch.setitem(sys.modules, "kdt_cache", module)
-    registry = Registry(builtins=(*DEFAULT_PLUGINS, "kdt_cache"), load_entry_points=False)
-    assert not registry.plugins["kdt_cache"].broken, registry.plugins["kdt_cache"].error
+    registry = plugin_registry(monkeypatch, "kdt_cache", [TASK, RANDOM_TASK], *hooks)
     if resume is not None:
         return fit(read_toml(resume / "config.toml"), registry, console=QUIET, resume=resume)
     overrides = {"plugin": "kdt_cache", "task": task.name, "out_dir": str(tmp_path), "run_name": name}

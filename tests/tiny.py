@@ -5,15 +5,18 @@ Shared by the tests that need a real run around a hook or a plugin (``from tiny 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdcore import Task, TaskData
+from kdcore import Task, TaskData, hookimpl
 from kdcore.config import merge
+from kdcore.plugins import DEFAULT_PLUGINS, Registry
 
 #: 45 training points in batches of 15: 3 steps per epoch; 2 epochs per stage.
 DEFAULTS: dict[str, Any] = {
@@ -48,3 +51,21 @@ def tiny_task(name: str = "tiny", **defaults: Any) -> Task:
         architectures=("linear", "mlp"),
         defaults=merge(DEFAULTS, defaults),
     )
+
+
+def plugin_registry(monkeypatch, name: str, tasks: Sequence[Task], *hooks: Callable) -> Registry:
+    """kdcore's default plugins plus a test plugin module ``name`` that registers ``tasks`` and
+    implements ``hooks`` (functions decorated with ``hookimpl``, named after the hook)."""
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def kd_register_tasks(register):
+        for task in tasks:
+            register(task)
+
+    for hook in (kd_register_tasks, *hooks):
+        setattr(module, hook.__name__, hook)
+    monkeypatch.setitem(sys.modules, name, module)
+    registry = Registry(builtins=(*DEFAULT_PLUGINS, name), load_entry_points=False)
+    assert not registry.plugins[name].broken, registry.plugins[name].error
+    return registry
