@@ -14,7 +14,6 @@ and :func:`build_schedule` turns each entry into a schedule, with error messages
 from __future__ import annotations
 
 import bisect
-import contextlib
 import copy
 import difflib
 import inspect
@@ -22,13 +21,14 @@ import itertools
 import math
 import os
 import pathlib
-import tempfile
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
+
+from kdcore.checkpoint import atomic_write
 
 __all__ = [
     "BUILTIN_SCHEDULES",
@@ -758,14 +758,4 @@ def plot_schedule(
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
