@@ -7,6 +7,7 @@ the run directory with its summary.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -34,6 +35,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdcore import distributed
 from kdcore.checkpoint import load_checkpoint, save_checkpoint
 from kdcore.config import write_config
 from kdcore.hints import HintTerms, parse_hints
@@ -129,22 +131,27 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it, so a crash loses nothing."""
+    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it, so a crash loses nothing.
 
-    def __init__(self, path: Path) -> None:
+    With ``enabled=False`` (the other processes of a distributed run) it writes nothing.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh = path.open("a", encoding="utf-8") if enabled else None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._fh.write(json.dumps(record, default=float) + "\n")
-        self._fh.flush()
+        if self._fh is not None:
+            self._fh.write(json.dumps(record, default=float) + "\n")
+            self._fh.flush()
 
     def size(self) -> int:
         """Bytes written so far: the length a resumed run cuts the file back to."""
-        return self._fh.tell()
+        return self._fh.tell() if self._fh is not None else 0
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
 
 @dataclass
@@ -176,6 +183,8 @@ class DistillRun:
             ``kd_state_dict`` / ``kd_load_state_dict`` for what is in it.
         teacher_label: the stage label of the model teaching this stage ("teacher", or an assistant's).
         teacher_caches: the teacher-output caches of the run, by teacher label (``train.teacher_cache``).
+        dist: this process's place in a ``torchrun`` launch (rank, world size); rank 0 writes the run
+            directory (:mod:`kdcore.distributed`).
         started_at: ``time.perf_counter()`` when the run started (earlier, for a resumed run, by the time
             it had already run).
         stop_requested: set to True from a hook to end the stage after the current epoch (after the next
@@ -207,6 +216,7 @@ class DistillRun:
     started_at: float = 0.0
     teacher_label: str = ""
     teacher_caches: dict[str, TeacherCache] = field(default_factory=dict)
+    dist: distributed.Distributed = field(default_factory=distributed.Distributed)
 
     @property
     def progress(self) -> float:
@@ -280,7 +290,12 @@ def fit(
     # Schedules and hints of every variant, checked before anything is trained.
     configs = {stage.variant: cfg for stage, cfg in plan}
     settings = {variant: _stage_settings(cfg, registry) for variant, cfg in configs.items()}
-    device = select_device(config["device"])
+    where = distributed.init()
+    if where.active:
+        _check_distributed(config, settings, resume)
+        if not where.is_main:
+            console = Console(file=io.StringIO())  # rank 0 speaks for the run
+    device = distributed.device(select_device(config["device"]), where)
     amp_dtype = autocast_dtype(config["train"], device)
     seed_everything(config["seed"])
     data = task.build_data(config)
@@ -292,13 +307,15 @@ def fit(
                 raise ValueError(f"train.teacher_cache cannot be used: {reason}; set it to false")
     resume_state, finished = None, set()
     if resume is None:
-        run_dir = make_run_dir(config, task)
-        write_config(run_dir / "config.toml", config)
+        run_dir = make_run_dir(config, task) if where.is_main else None
+        run_dir = distributed.broadcast(run_dir, where)
+        if where.is_main:
+            write_config(run_dir / "config.toml", config)
     else:
         run_dir, resume_state, finished = _prepare_resume(Path(resume), device)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=where.is_main)
     kd_loss = registry.losses[config["distill"]["loss"]]
-    run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss, amp_dtype=amp_dtype)
+    run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss, amp_dtype=amp_dtype, dist=where)
     verb = "resuming" if resume is not None else "→"
     console.print(f"[bold]kd[/] {escape(f'{task.plugin}/{task.name} on {device} {verb} {run_dir}')}")
     started = time.perf_counter() - (resume_state or {}).get("run_seconds", 0.0)
@@ -340,7 +357,7 @@ def fit(
         raise RunInterrupted(run_dir, run.stage, run.epoch) from None
     finally:
         log.close()
-    summary = write_report(run_dir)
+    summary = distributed.broadcast(write_report(run_dir) if where.is_main else None, where)
     console.print(summary_table(summary))
     console.print(f"run directory: {run_dir}", markup=False, soft_wrap=True)
     return FitResult(run_dir=run_dir, summary=summary)
@@ -431,6 +448,21 @@ def _build_model(run: DistillRun, stage: Stage) -> nn.Module:
     return run.task.build_model(stage.arch, run.data.info, run.config).to(run.device)
 
 
+def _check_distributed(config: Mapping[str, Any], settings: Mapping[str, Any], resume: Any) -> None:
+    """What torchrun does not support yet, refused before anything runs."""
+    if resume is not None:
+        raise ValueError("kd train --resume is not supported under torchrun yet; resume in one process")
+    if config["train"]["teacher_cache"]:
+        raise ValueError("train.teacher_cache is not supported under torchrun yet; set it to false")
+    for schedules, hint_specs in settings.values():
+        if hint_specs:
+            raise ValueError(
+                "distill.hints are not supported under torchrun yet (their adapters are not synced)"
+            )
+        if any(schedule.parameters() for schedule in schedules.values()):
+            raise ValueError("learnable schedules are not supported under torchrun yet (not synced)")
+
+
 def _prepare_resume(run_dir: Path, device: torch.device) -> tuple[Path, dict | None, set[str]]:
     """Cut the metrics back to the last saved epoch; return the saved state and the finished stages."""
     check_resumable(run_dir, read_metrics(run_dir))
@@ -488,9 +520,13 @@ def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLo
     }
     train_set = IndexedDataset(run.data.train) if indexed else run.data.train
     train_common = {**common, "collate_fn": indexed_collate(run.data.collate_fn)} if indexed else common
-    train = DataLoader(
-        train_set, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **train_common
-    )
+    if run.dist.active:  # each process its shard of the epoch, reshuffled by kd_epoch_start's set_epoch
+        sampler = distributed.sampler(train_set, run.dist, run.config["seed"])
+        train = DataLoader(train_set, batch_size=data_cfg["batch_size"], sampler=sampler, **train_common)
+    else:
+        train = DataLoader(
+            train_set, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **train_common
+        )
     val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
     if len(train) == 0:
         raise ValueError("the training set is empty: check data.path")
@@ -560,6 +596,7 @@ def _train_stage(
     cache = _teacher_cache(run) if teacher is not None and cfg["train"]["teacher_cache"] else None
     train_loader, val_loader = _loaders(run, indexed=cache is not None)
     model = _build_model(run, stage)
+    trained = distributed.wrap(model, run.dist)  # DistributedDataParallel under torchrun; the model else
     run.stage, run.student, run.teacher, run.hints = stage.name, model, teacher, None
     run.step, run.epoch, run.stop_requested = 0, 0, False
     run.signals.clear()
@@ -595,6 +632,8 @@ def _train_stage(
         started -= seconds
 
     def save_epoch(ended: bool) -> None:
+        if run.dist.active:  # no resume under torchrun yet
+            return
         state = {"best": best, "best_epoch": best_epoch, "value": value, "ended": ended}
         state["seconds"] = time.perf_counter() - started
         save_resume_state(run.run_dir, _stage_state(run, stage, state, parts))
@@ -615,6 +654,8 @@ def _train_stage(
             bar = progress.add_task(stage.label, total=run.total_steps, completed=run.step, status="")
             for epoch in range(first_epoch, epochs):
                 run.epoch = epoch
+                if hasattr(train_loader.sampler, "set_epoch"):
+                    train_loader.sampler.set_epoch(epoch)
                 run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
                 model.train()
                 loss_sum, batches = 0.0, 0
@@ -626,7 +667,7 @@ def _train_stage(
                         items, batch = batch
                         cached = (cache, items)
                     batch = to_device(batch, device)
-                    losses = _train_step(run, model, optimizer, scaler, schedules, batch, *window, cached)
+                    losses = _train_step(run, trained, optimizer, scaler, schedules, batch, *window, cached)
                     loss_sum += losses["total"]
                     batches += 1
                     if run.step % cfg["train"]["log_every"] == 0:
@@ -663,10 +704,12 @@ def _train_stage(
                 run.log.write(record)
                 value = float(metrics[task.main_metric])
                 state = _checkpoint_payload(run, stage, model, optimizer, epoch, metrics)
-                save_checkpoint(last_path, state)
+                if run.dist.is_main:
+                    save_checkpoint(last_path, state)
                 if _better(task, value, best):
                     best, best_epoch = value, epoch
-                    save_checkpoint(best_path, state)
+                    if run.dist.is_main:
+                        save_checkpoint(best_path, state)
                 console.print(
                     f"\\[{escape(stage.label)}] epoch {epoch + 1}/{epochs}  "
                     f"train loss {record['train_loss']:.4f}  val {task.main_metric} {value:.4f}"
@@ -677,7 +720,8 @@ def _train_stage(
     except KeyboardInterrupt:
         # The weights of the moment, for `kd eval`; resuming restarts from the last finished epoch.
         state = _checkpoint_payload(run, stage, model, optimizer, run.epoch, {})
-        save_checkpoint(ckpt_dir / f"{prefix}interrupted.pt", state)
+        if run.dist.is_main:
+            save_checkpoint(ckpt_dir / f"{prefix}interrupted.pt", state)
         raise
     finally:
         if run.hints is not None:
@@ -699,8 +743,10 @@ def _train_stage(
     }
     run.pm.hook.kd_fit_end(run=run, summary=summary)
     run.log.write(summary)
-    finished = {"stage": stage.label, "finished": True, "metrics_bytes": run.log.size()}
-    save_resume_state(run.run_dir, {**finished, "run_seconds": time.perf_counter() - run.started_at})
+    if not run.dist.active:
+        finished = {"stage": stage.label, "finished": True, "metrics_bytes": run.log.size()}
+        save_resume_state(run.run_dir, {**finished, "run_seconds": time.perf_counter() - run.started_at})
+    distributed.barrier(run.dist)  # rank 0 has written the best checkpoint
     # Hand the best weights on: a teacher or assistant teaches with its best epoch, not its last.
     model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     return model
