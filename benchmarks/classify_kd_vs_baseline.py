@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
-import torch
+from bench_common import environment, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -69,9 +65,7 @@ def main() -> None:
     no_kd = [r["no_kd"] for r in rows]
     result = {
         "benchmark": "classify_kd_vs_baseline",
-        "date": date.today().isoformat(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
+        **environment(),
         "teacher": {
             "arch": config["teacher"]["arch"],
             "accuracy": teacher_run.summary["stages"]["teacher"]["best_metric"],
@@ -103,9 +97,7 @@ def main() -> None:
     print(
         f"KD better in {result['kd_wins']}/{len(rows)} seeds ({result['ties']} ties), {result['seconds']} s"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
+from bench_common import environment, write_result
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
@@ -160,10 +158,7 @@ def main() -> None:
     started = time.perf_counter()
     result: dict = {
         "benchmark": "liverct_variants",
-        "date": date.today().isoformat(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **environment(),
         "config": {k: config[k] for k in ("teacher", "student", "distill", "options")},
         "overrides": args.sets,
         "volume": args.volume,
@@ -212,9 +207,7 @@ def main() -> None:
         Console().print(table)
         print(json.dumps(result["wins"]))
     result["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

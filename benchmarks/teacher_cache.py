@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import types
-from datetime import date
 from pathlib import Path
 
-import torch
+from bench_common import environment, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -108,10 +104,7 @@ def main() -> None:
     }
     report = {
         "benchmark": "teacher_cache",
-        "date": date.today().isoformat(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **environment(),
         "sets": [*SETS, *args.sets],
         "rounds": args.rounds,
         "live": live,
@@ -136,9 +129,7 @@ def main() -> None:
     print(
         f"later epochs {report['speedup_later_epochs']:.2f}x faster; same accuracy: {report['same_accuracy']}"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":
