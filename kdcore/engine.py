@@ -312,7 +312,8 @@ def fit(
         if where.is_main:
             write_config(run_dir / "config.toml", config)
     else:
-        run_dir, resume_state, finished = _prepare_resume(Path(resume), device)
+        run_dir = Path(resume)
+        resume_state, finished = _prepare_resume(run_dir, device)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=where.is_main)
     kd_loss = registry.losses[config["distill"]["loss"]]
     run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss, amp_dtype=amp_dtype, dist=where)
@@ -463,14 +464,15 @@ def _check_distributed(config: Mapping[str, Any], settings: Mapping[str, Any], r
             raise ValueError("learnable schedules are not supported under torchrun yet (not synced)")
 
 
-def _prepare_resume(run_dir: Path, device: torch.device) -> tuple[Path, dict | None, set[str]]:
-    """Cut the metrics back to the last saved epoch; return the saved state and the finished stages."""
+def _prepare_resume(run_dir: Path, device: torch.device) -> tuple[dict | None, set[str]]:
+    """Cut the metrics back to the last saved epoch; return the interrupted stage's saved state (None when
+    no stage was part-way) and the labels of the finished stages."""
     check_resumable(run_dir, read_metrics(run_dir))
     state = load_resume_state(run_dir, device)
     if state is not None:
         truncate_metrics(run_dir / "metrics.jsonl", int(state["metrics_bytes"]))
     finished = finished_stages(read_metrics(run_dir))
-    return run_dir, (None if state is None or state.get("finished") else state), finished
+    return (None if state is None or state.get("finished") else state), finished
 
 
 def _finished_stage_model(run: DistillRun, stage: Stage) -> nn.Module:
@@ -520,13 +522,13 @@ def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLo
     }
     train_set = IndexedDataset(run.data.train) if indexed else run.data.train
     train_common = {**common, "collate_fn": indexed_collate(run.data.collate_fn)} if indexed else common
-    if run.dist.active:  # each process its shard of the epoch, reshuffled by kd_epoch_start's set_epoch
-        sampler = distributed.sampler(train_set, run.dist, run.config["seed"])
-        train = DataLoader(train_set, batch_size=data_cfg["batch_size"], sampler=sampler, **train_common)
-    else:
-        train = DataLoader(
-            train_set, batch_size=data_cfg["batch_size"], shuffle=True, generator=generator, **train_common
-        )
+    # Under torchrun each process takes its shard of the epoch, reshuffled by the loop's set_epoch.
+    order = (
+        {"sampler": distributed.sampler(train_set, run.dist, run.config["seed"])}
+        if run.dist.active
+        else {"shuffle": True, "generator": generator}
+    )
+    train = DataLoader(train_set, batch_size=data_cfg["batch_size"], **order, **train_common)
     val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
     if len(train) == 0:
         raise ValueError("the training set is empty: check data.path")
@@ -719,8 +721,8 @@ def _train_stage(
                     break
     except KeyboardInterrupt:
         # The weights of the moment, for `kd eval`; resuming restarts from the last finished epoch.
-        state = _checkpoint_payload(run, stage, model, optimizer, run.epoch, {})
         if run.dist.is_main:
+            state = _checkpoint_payload(run, stage, model, optimizer, run.epoch, {})
             save_checkpoint(ckpt_dir / f"{prefix}interrupted.pt", state)
         raise
     finally:
