@@ -72,10 +72,22 @@ CORE_DEFAULTS: dict[str, Any] = {
     },
     "options": {},
     "variants": {},
+    "primary_variant": "",
 }
 
 #: What every variant of a run shares: a variant may not change these (top-level keys, then distill keys).
-SHARED_KEYS = ("plugin", "task", "seed", "device", "out_dir", "run_name", "with_plugins", "data", "teacher")
+SHARED_KEYS = (
+    "plugin",
+    "task",
+    "seed",
+    "device",
+    "out_dir",
+    "run_name",
+    "with_plugins",
+    "data",
+    "teacher",
+    "primary_variant",
+)
 SHARED_DISTILL_KEYS = ("baseline", "extra_teachers", "teacher_weights")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -307,6 +319,10 @@ def resolve(
     for layer, source in layers:
         validate(layer, schema, source)
         config = merge(config, layer)
+    primary = config["primary_variant"]
+    if primary and primary not in config["variants"]:
+        known = ", ".join(config["variants"]) or "none"
+        raise ConfigError(f"primary_variant {primary!r} is not one of the config's variants ({known})")
     return normalise(config, schema)
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdcore import distributed
-from kdcore.checkpoint import load_checkpoint, save_checkpoint
+from kdcore.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from kdcore.config import write_config
 from kdcore.hints import HintTerms, parse_hints
 from kdcore.plugins import Registry, get_registry
@@ -59,6 +59,8 @@ from kdcore.teacher_cache import IndexedDataset, TeacherCache, indexed_collate, 
 #: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
 RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals", "lr"})
 
+#: Where :meth:`DistillRun.publish_info` keeps what stages published, in the run directory.
+INFO_FILE = "info.json"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
@@ -185,6 +187,8 @@ class DistillRun:
         teacher_caches: the teacher-output caches of the run, by teacher label (``train.teacher_cache``).
         dist: this process's place in a ``torchrun`` launch (rank, world size); rank 0 writes the run
             directory (:mod:`kdcore.distributed`).
+        info: the task data's ``info`` (:class:`kdcore.tasks.TaskData`) plus what stages published with
+            :meth:`publish_info`; model builders receive it and every checkpoint stores it.
         started_at: ``time.perf_counter()`` when the run started (earlier, for a resumed run, by the time
             it had already run).
         stop_requested: set to True from a hook to end the stage after the current epoch (after the next
@@ -213,10 +217,26 @@ class DistillRun:
     variant: str = ""
     amp_dtype: torch.dtype | None = None
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
     teacher_label: str = ""
     teacher_caches: dict[str, TeacherCache] = field(default_factory=dict)
     dist: distributed.Distributed = field(default_factory=distributed.Distributed)
+
+    def publish_info(self, key: str, value: Any) -> None:
+        """Hand a fact to the model builders of the stages after this one (a searched architecture, a
+        pruned channel plan): ``build_model(arch, info, config)`` receives it in ``info``, every later
+        checkpoint stores it (so ``kd eval`` rebuilds the model from the checkpoint alone), and
+        ``info.json`` in the run directory keeps it for ``kd train --resume``. Call it from
+        ``kd_fit_end``; ``value`` must be JSON-serialisable (numbers, strings, lists, dicts).
+        """
+        try:
+            text = json.dumps({**self.info, key: value}, indent=2, sort_keys=True)
+        except TypeError as err:
+            raise TypeError(f"publish_info({key!r}): the value must be JSON-serialisable: {err}") from None
+        self.info[key] = value
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / INFO_FILE, text + "\n")
 
     @property
     def progress(self) -> float:
@@ -299,6 +319,11 @@ def fit(
     amp_dtype = autocast_dtype(config["train"], device)
     seed_everything(config["seed"])
     data = task.build_data(config)
+    if where.active and data.train_batch_sampler is not None:
+        raise ValueError(
+            f"task {task.plugin}/{task.name} draws its own training batches (TaskData.train_batch_sampler), "
+            "which is not supported under torchrun yet; run it in one process"
+        )
     pm = registry.run_plugin_manager(task, config["with_plugins"])
     if config["train"]["teacher_cache"]:
         for _, hint_specs in settings.values():
@@ -317,6 +342,7 @@ def fit(
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=where.is_main)
     kd_loss = registry.losses[config["distill"]["loss"]]
     run = DistillRun(config, task, data, run_dir, device, pm, log, kd_loss, amp_dtype=amp_dtype, dist=where)
+    run.info = {**data.info, **_published_info(run_dir)} if resume is not None else dict(data.info)
     verb = "resuming" if resume is not None else "→"
     console.print(f"[bold]kd[/] {escape(f'{task.plugin}/{task.name} on {device} {verb} {run_dir}')}")
     started = time.perf_counter() - (resume_state or {}).get("run_seconds", 0.0)
@@ -446,7 +472,18 @@ def _build_model(run: DistillRun, stage: Stage) -> nn.Module:
     # no-KD baseline start from equal weights and draw the same augmentations from those generators. (A
     # plugin whose transforms keep their own generator, like MONAI's, restarts it in ``kd_fit_start``.)
     seed_everything(run.config["seed"])
-    return run.task.build_model(stage.arch, run.data.info, run.config).to(run.device)
+    return run.task.build_model(stage.arch, run.info, run.config).to(run.device)
+
+
+def _published_info(run_dir: Path) -> dict[str, Any]:
+    """What the stages of a run published with :meth:`DistillRun.publish_info` (for a resumed run)."""
+    path = run_dir / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it holds what the stages published") from None
 
 
 def _check_distributed(config: Mapping[str, Any], settings: Mapping[str, Any], resume: Any) -> None:
@@ -523,12 +560,15 @@ def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLo
     train_set = IndexedDataset(run.data.train) if indexed else run.data.train
     train_common = {**common, "collate_fn": indexed_collate(run.data.collate_fn)} if indexed else common
     # Under torchrun each process takes its shard of the epoch, reshuffled by the loop's set_epoch.
-    order = (
-        {"sampler": distributed.sampler(train_set, run.dist, run.config["seed"])}
-        if run.dist.active
-        else {"shuffle": True, "generator": generator}
-    )
-    train = DataLoader(train_set, batch_size=data_cfg["batch_size"], **order, **train_common)
+    batch_sampler = run.data.train_batch_sampler
+    if run.dist.active:
+        order = {"sampler": distributed.sampler(train_set, run.dist, run.config["seed"])}
+        order["batch_size"] = data_cfg["batch_size"]
+    elif batch_sampler is not None:
+        order = {"batch_sampler": batch_sampler(generator, data_cfg["batch_size"]), "generator": generator}
+    else:
+        order = {"shuffle": True, "generator": generator, "batch_size": data_cfg["batch_size"]}
+    train = DataLoader(train_set, **order, **train_common)
     val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
     if len(train) == 0:
         raise ValueError("the training set is empty: check data.path")
@@ -821,7 +861,7 @@ def _checkpoint_payload(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "metrics": {k: float(v) for k, v in metrics.items()},
-        "data_info": dict(run.data.info),
+        "data_info": dict(run.info),
     }
 
 

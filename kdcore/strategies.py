@@ -103,17 +103,23 @@ def plan_run(config: Mapping[str, Any]) -> list[tuple[Stage, dict[str, Any]]]:
 
     Without ``variants`` these are :func:`plan_stages`. With them, the teachers are trained once, then each
     variant's assistants and student train under the run's config with the variant merged in, and the
-    no-KD baseline trains last. The first variant's student is the run's primary student.
+    no-KD baseline trains last. The student of ``primary_variant`` (when it is among the variants
+    trained; else the first variant's) is the run's primary student, whatever its place in the order: a
+    variant that only prepares others (an architecture search) can run first.
     """
     base = {**config, "variants": {}}
     shared = plan_stages(base)
     if not config.get("variants"):
         return [(stage, base) for stage in shared]
     plan = [(stage, base) for stage in shared if stage.is_teacher]
-    for index, (name, variant_config) in enumerate(variant_configs(config)):
+    named = variant_configs(config)
+    primary_name = config.get("primary_variant") or ""
+    if primary_name not in config["variants"]:
+        primary_name = named[0][0]
+    for name, variant_config in named:
         for stage in plan_stages(variant_config):
             if not stage.is_teacher and stage.name != "baseline":
-                primary = index == 0 and stage.name == "student"
+                primary = name == primary_name and stage.name == "student"
                 plan.append((replace(stage, variant=name, primary=primary), variant_config))
     plan += [(stage, base) for stage in shared if stage.name == "baseline"]
     return plan

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,11 @@ class TaskData:
         collate_fn: optional collate function for both loaders.
         deterministic_train: True when ``train[i]`` is the same every time it is read (no random
             augmentation): the engine may then cache the teacher's outputs by item (``train.teacher_cache``).
+        train_batch_sampler: optional ``train_batch_sampler(generator, batch_size)`` returning the
+            training batches as lists of indices into ``train`` (an iterable with ``len``), e.g. P
+            identities x K images each for a triplet loss. It must draw its randomness from ``generator``
+            (seeded by the run and saved for ``--resume``), once per epoch, when iterated. ``None``: shuffled
+            batches of ``data.batch_size``.
     """
 
     train: Dataset
@@ -32,6 +37,7 @@ class TaskData:
     info: Mapping[str, Any] = field(default_factory=dict)
     collate_fn: Callable[[list[Any]], Any] | None = None
     deterministic_train: bool = False
+    train_batch_sampler: Callable[[torch.Generator, int], Iterable[list[int]]] | None = None
 
 
 def split_input_target(batch: Any) -> tuple[Any, Any]:
