@@ -114,7 +114,7 @@ def test_publish_info_refuses_a_value_json_cannot_hold(tmp_path, monkeypatch):
         run.publish_info("weights", torch.ones(2))
 
     registry = plugin_registry(monkeypatch, "kdt_handoff", [TASK], kd_fit_end)
-    with pytest.raises(TypeError, match="publish_info\\('weights'\\).*JSON"):
+    with pytest.raises(TypeError, match=r"publish_info\('weights'\).*JSON"):
         fit(config_for(tmp_path, "bad"), registry, console=QUIET)
 
 
@@ -132,7 +132,7 @@ def test_the_primary_variant_is_named_not_first():
 def test_an_unknown_primary_variant_is_refused():
     with pytest.raises(ConfigError, match="primary_variant 'fnal' is not one of the config's variants"):
         resolve(TASK.defaults, overrides={"variants": VARIANTS, "primary_variant": "fnal"})
-    with pytest.raises(ConfigError, match="variants.final.primary_variant"):
+    with pytest.raises(ConfigError, match=r"variants\.final\.primary_variant"):
         resolve(TASK.defaults, overrides={"variants": {"final": {"primary_variant": "final"}}})
 
 
