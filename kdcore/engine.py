@@ -565,7 +565,7 @@ def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLo
         order = {"sampler": distributed.sampler(train_set, run.dist, run.config["seed"])}
         order["batch_size"] = data_cfg["batch_size"]
     elif batch_sampler is not None:
-        order = {"batch_sampler": batch_sampler(generator, data_cfg["batch_size"]), "generator": generator}
+        order = {"batch_sampler": batch_sampler(generator, run.config), "generator": generator}
     else:
         order = {"shuffle": True, "generator": generator, "batch_size": data_cfg["batch_size"]}
     train = DataLoader(train_set, **order, **train_common)

@@ -25,11 +25,12 @@ class TaskData:
         collate_fn: optional collate function for both loaders.
         deterministic_train: True when ``train[i]`` is the same every time it is read (no random
             augmentation): the engine may then cache the teacher's outputs by item (``train.teacher_cache``).
-        train_batch_sampler: optional ``train_batch_sampler(generator, batch_size)`` returning the
+        train_batch_sampler: optional ``train_batch_sampler(generator, config)`` returning a stage's
             training batches as lists of indices into ``train`` (an iterable with ``len``), e.g. P
-            identities x K images each for a triplet loss. It must draw its randomness from ``generator``
-            (seeded by the run and saved for ``--resume``), once per epoch, when iterated. ``None``: shuffled
-            batches of ``data.batch_size``.
+            identities x K images each for a triplet loss. ``config`` is the stage's configuration (its
+            ``data.batch_size``, the task's ``options``: a search stage may hold some items out). It must
+            draw its randomness from ``generator`` (seeded by the run and saved for ``--resume``) when
+            iterated. ``None``: shuffled batches of ``data.batch_size``.
     """
 
     train: Dataset
@@ -37,7 +38,7 @@ class TaskData:
     info: Mapping[str, Any] = field(default_factory=dict)
     collate_fn: Callable[[list[Any]], Any] | None = None
     deterministic_train: bool = False
-    train_batch_sampler: Callable[[torch.Generator, int], Iterable[list[int]]] | None = None
+    train_batch_sampler: Callable[[torch.Generator, Mapping[str, Any]], Iterable[list[int]]] | None = None
 
 
 def split_input_target(batch: Any) -> tuple[Any, Any]:

@@ -137,10 +137,11 @@ def test_an_unknown_primary_variant_is_refused():
 
 
 class ClassBatches:
-    """Batches of two classes, 4 items each, in an order drawn from the loader's generator."""
+    """Batches of two classes, half a batch each, in an order drawn from the loader's generator."""
 
-    def __init__(self, labels: list[int], generator: torch.Generator, batch_size: int) -> None:
-        self.labels, self.generator, self.batch_size = labels, generator, batch_size
+    def __init__(self, labels: list[int], generator: torch.Generator, config: Mapping[str, Any]) -> None:
+        self.labels, self.generator = labels, generator
+        self.per_class = config["data"]["batch_size"] // 2
 
     def __len__(self) -> int:
         return 5
@@ -150,13 +151,13 @@ class ClassBatches:
         rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=self.generator)))
         for _ in range(len(self)):
             classes = rng.sample(sorted(by_class), 2)
-            yield [i for c in classes for i in rng.sample(by_class[c], 4)]
+            yield [i for c in classes for i in rng.sample(by_class[c], self.per_class)]
 
 
 def sampled_data(config: Mapping[str, Any]):
     data = tiny_data(config)
     labels = [int(y) for _, y in data.train]
-    return dataclasses.replace(data, train_batch_sampler=lambda g, size: ClassBatches(labels, g, size))
+    return dataclasses.replace(data, train_batch_sampler=lambda g, config: ClassBatches(labels, g, config))
 
 
 def test_a_task_draws_its_own_training_batches(tmp_path, monkeypatch):
@@ -169,9 +170,14 @@ def test_a_task_draws_its_own_training_batches(tmp_path, monkeypatch):
 
     task = dataclasses.replace(tiny_task("sampled"), build_data=sampled_data)
     registry = plugin_registry(monkeypatch, "kdt_sampled", [task], kd_step_start)
-    overrides = {"plugin": "kdt_sampled", "task": "sampled", "out_dir": str(tmp_path)}
+    overrides = {
+        "plugin": "kdt_sampled",
+        "task": "sampled",
+        "out_dir": str(tmp_path),
+        "data": {"batch_size": 8},
+    }
     result = fit(resolve(task.defaults, overrides=overrides), registry, console=QUIET)
-    assert seen and set(seen) == {(8, 2)}  # every batch: 8 items of exactly two classes
+    assert seen and set(seen) == {(8, 2)}  # every batch: data.batch_size items of exactly two classes
     # 5 batches per epoch, 2 epochs, for the teacher, the student and the baseline
     assert len(seen) == 30
     assert result.summary["stages"]["student"]["epochs"] == 2
