@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -300,6 +301,15 @@ def _add_plugin_commands(group: click.Group) -> None:
             impl.function(cli=group)
         except Exception as exc:  # one plugin's broken command must not take the CLI down
             registry.plugins[impl.plugin_name].error = f"kd_register_commands failed: {exc}"
+
+
+def cli_with_plugins() -> click.Group:
+    """A copy of the ``kd`` group with every loaded plugin's commands added (``cli`` is left as it is):
+    what the console script runs, for tests and for embedding ``kd`` in another program."""
+    group = copy.copy(cli)
+    group.commands = dict(cli.commands)
+    _add_plugin_commands(group)
+    return group
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from kd_liverct import DEFAULTS
 from kd_liverct.data import resolve_options
 from kd_liverct.phantom import PHANTOM_VERSION
 from kd_liverct.predict import PredictError, collect_inputs, plan_outputs, predict_volume
-from kdcore.cli import _add_plugin_commands, cli
+from kdcore.cli import cli_with_plugins
 from kdcore.plugins import get_registry
 
 #: On top of the shared tiny run: a weak teacher and a short student stage with a high learning rate,
@@ -56,12 +56,10 @@ def copy_inputs(phantom: Path, directory: Path, names=CASES) -> Path:
 
 
 def kd(*args) -> Result:
-    """``kd ARGS`` with the plugins' commands added to a copy of the command table."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(cli, "commands", dict(cli.commands))
-        _add_plugin_commands(cli)
-        assert "predict" in cli.commands, get_registry().plugins["liverct"].error
-        return CliRunner().invoke(cli, [str(a) for a in args])
+    """``kd ARGS`` with the plugins' commands."""
+    group = cli_with_plugins()
+    assert "predict" in group.commands, get_registry().plugins["liverct"].error
+    return CliRunner().invoke(group, [str(a) for a in args])
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:

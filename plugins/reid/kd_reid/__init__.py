@@ -1,0 +1,202 @@
+"""kd-reid: KDAS-ReID, knowledge-distilled architecture search for person re-identification.
+
+Registers the task ``reid/person`` with kdcore (entry point ``reid`` in the group ``kd``), the KD loss
+``reid_kl``, the hooks that drive the architecture search (:mod:`kd_reid.search`) and the commands
+``kd reid search`` / ``kd reid derive``. Data: a Market-1501, DukeMTMC-reID or MSMT17 folder with
+``--data PATH``; without one, a synthetic pedestrian set in the Market-1501 layout
+(:mod:`kd_reid.synthetic`) is written once under ``$KD_DATA_HOME`` (default ``~/.cache/kd``) and read
+back through the same loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kd_reid import search
+from kd_reid.data import (
+    ReIDEvalSet,
+    ReIDTrainSet,
+    batch_sampler_for,
+    decode_all,
+    train_transform,
+)
+from kd_reid.evaluation import evaluate_reid
+from kd_reid.losses import reid_loss
+from kd_reid.models import ARCHITECTURES, build_model
+from kdcore import Task, TaskData, hookimpl
+
+__version__ = "0.1.0"
+
+#: Anneal-to-one: T falls linearly from 4 to 1 over the stage (KDAS-ReID's dynamic temperature).
+ANNEAL = {"name": "anneal_to_one", "start": 4.0, "end_fraction": 1.0, "shape": "linear"}
+
+#: The comparison of the issue in one run: the teacher trains once; ``search`` searches the cells with
+#: the KD loss in its objective; ``kdas`` trains the derived network from scratch with anneal-to-one KD
+#: (the run's primary student); ``kdas_const_t`` trains it with a constant temperature; the no-KD
+#: baseline trains the same derived network last. ``kd train --plugin reid --variant search`` searches only.
+VARIANTS: dict[str, Any] = {
+    "search": {
+        "student": {"arch": "kdas_search", "epochs": 4, "lr": 3e-3},
+        "options": {"search": True},
+    },
+    "kdas": {},
+    "kdas_const_t": {"distill": {"temperature": {"name": "constant", "value": 4.0}}},
+}
+
+#: The CPU default (BENCHMARKS.md measures it): ResNet-18 teacher, a 5-cell student, 64 x 32 crops.
+DEFAULTS: dict[str, Any] = {
+    "teacher": {"arch": "resnet18", "epochs": 12, "lr": 1e-3, "weight_decay": 5e-4},
+    "student": {"arch": "kdas", "epochs": 20, "lr": 3e-3, "weight_decay": 5e-4},
+    "data": {"batch_size": 32, "eval_batch_size": 128},
+    "distill": {"loss": "reid_kl", "temperature": ANNEAL, "alpha": {"name": "constant", "value": 0.5}},
+    "train": {"log_every": 10, "eval_every": 4},
+    "variants": VARIANTS,
+    "primary_variant": "kdas",
+    "options": {
+        "height": 64,
+        "width": 32,
+        "instances": 4,  # K images per identity in a batch; P = data.batch_size // K
+        "erasing": 0.5,
+        "distance": "euclidean",
+        "rerank": False,
+        "search": False,  # the search variant turns it on
+        "arch_lr": 3e-3,
+        "genotype": "search",  # the search variant's result, or a genotype .json file
+        "channels": 8,
+        "layers": 5,  # cells of the derived network
+        "search_layers": 3,  # cells of the supernet
+        "steps": 4,
+        "embedding": 256,
+        "ranked_queries": 4,  # queries drawn with their top matches in report/ranked/ per stage; 0: none
+        "synthetic_train_ids": 120,
+        "synthetic_test_ids": 100,
+    },
+}
+
+
+def data_home() -> Path:
+    """Where embedded default data sets are written: ``$KD_DATA_HOME``, else ``~/.cache/kd``."""
+    return Path(os.environ.get("KD_DATA_HOME") or Path.home() / ".cache" / "kd")
+
+
+def synthetic_root(options: Mapping[str, Any]) -> Path:
+    """The synthetic Market-1501-layout set for ``options``, written on first use (atomically)."""
+    from kd_reid.synthetic import SYNTHETIC_VERSION, write_synthetic_market
+
+    train_ids, test_ids = int(options["synthetic_train_ids"]), int(options["synthetic_test_ids"])
+    root = data_home() / "reid" / f"synthetic-v{SYNTHETIC_VERSION}-{train_ids}-{test_ids}-seed0"
+    return write_synthetic_market(root, num_train_ids=train_ids, num_test_ids=test_ids, seed=0)
+
+
+def build_data(config: Mapping[str, Any]) -> TaskData:
+    """``--data PATH`` (Market-1501, DukeMTMC-reID, MSMT17) or, without one, the synthetic set."""
+    from kd_reid.market import load_reid_folder
+
+    options = config["options"]
+    splits = load_reid_folder(config["data"]["path"] or synthetic_root(options))
+    height, width = int(options["height"]), int(options["width"])
+    train = ReIDTrainSet(
+        splits.train,
+        decode_all(splits.train, height, width),
+        train_transform(height, width, float(options["erasing"])),
+    )
+    val = ReIDEvalSet(splits.query, splits.gallery, decode_all(splits.query + splits.gallery, height, width))
+    info = {
+        "num_classes": splits.num_train_ids,
+        "in_channels": 3,
+        "height": height,
+        "width": width,
+        "layout": splits.layout,
+    }
+    return TaskData(train=train, val=val, info=info, train_batch_sampler=batch_sampler_for(train.labels))
+
+
+PERSON = Task(
+    name="person",
+    description="person re-ID (Market-1501 / DukeMTMC-reID / MSMT17; synthetic default), KDAS-ReID",
+    build_data=build_data,
+    build_model=build_model,
+    architectures=ARCHITECTURES,
+    defaults=DEFAULTS,
+    evaluate=evaluate_reid,
+    main_metric="mAP",
+    supervised_loss=reid_loss,
+)
+
+
+@hookimpl
+def kd_register_tasks(register):
+    """Register the ``person`` task."""
+    register(PERSON)
+
+
+@hookimpl
+def kd_register_losses(register):
+    """Register ``reid_kl``: kdcore's soft-target KL on the identity logits of re-ID outputs."""
+    from kd_reid.losses import reid_kl
+
+    register("reid_kl", reid_kl)
+
+
+@hookimpl
+def kd_fit_start(run):
+    """Set up the architecture step when a search stage starts."""
+    search.start(run)
+
+
+@hookimpl
+def kd_epoch_start(run, epoch):
+    """Restart the held-out batches of a search at each epoch (resumable at epoch boundaries)."""
+    search.new_epoch(run)
+
+
+@hookimpl
+def kd_step_end(run, step, losses):
+    """In a search stage, one architecture step after each weight step."""
+    search.architecture_step(run)
+
+
+@hookimpl
+def kd_epoch_end(run, epoch, metrics):
+    """Log the architecture weights' entropy with each validation record of a search."""
+    search.describe(run, metrics)
+
+
+@hookimpl
+def kd_fit_end(run, summary):
+    """Derive, save, draw and publish a search's genotype; draw the stage's ranked lists; put the
+    model's latency per image (batch 1, the run's device) in the stage summary."""
+    from kd_reid.evaluation import draw_stage_ranked_lists, latency_ms
+
+    search.finish(run, summary)
+    draw_stage_ranked_lists(run, summary)
+    options = run.config["options"]
+    summary["ms_per_image"] = latency_ms(
+        run.student, int(options["height"]), int(options["width"]), run.device
+    )
+
+
+@hookimpl
+def kd_state_dict(run):
+    """The search's architecture optimiser and held-out generator (for ``--resume``)."""
+    state = search.state_dict(run)
+    return None if state is None else {"reid": {"search": state}}
+
+
+@hookimpl
+def kd_load_state_dict(run, state):
+    """Restore what ``kd_state_dict`` saved, after ``kd_fit_start`` rebuilt the search state."""
+    saved = state.get("reid", {}).get("search")
+    if saved is not None:
+        search.load_state_dict(run, saved)
+
+
+@hookimpl
+def kd_register_commands(cli):
+    """Add ``kd reid search`` and ``kd reid derive``."""
+    from kd_reid.commands import register_commands
+
+    register_commands(cli)

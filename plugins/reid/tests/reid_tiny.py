@@ -1,0 +1,67 @@
+"""Shared by the reid tests: the plugin-only environment and a tiny run (a stage takes seconds).
+
+Imported as ``from reid_tiny import ...`` (pytest puts this folder on ``sys.path``; it is not a package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kd_reid import DEFAULTS
+from kdcore.config import resolve
+from kdcore.engine import FitResult, fit
+from kdcore.plugins import get_registry, reset_registry
+
+#: A synthetic set of 16 training and 12 test identities at 32 x 16 pixels, a 3-cell search space of
+#: 2-node cells, a few epochs per stage.
+TINY = (
+    "options.synthetic_train_ids=16",
+    "options.synthetic_test_ids=12",
+    "options.height=32",
+    "options.width=16",
+    "options.channels=4",
+    "options.layers=3",
+    "options.search_layers=3",
+    "options.steps=2",
+    "options.embedding=32",
+    "options.ranked_queries=2",
+    "data.batch_size=16",
+    "teacher.epochs=8",
+    "student.epochs=12",
+    "variants.search.student.epochs=3",
+    "train.log_every=1",
+    "train.eval_every=3",
+    "train.progress=false",
+)
+
+
+@contextlib.contextmanager
+def reid_only(data_home: Path) -> Iterator[None]:
+    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("KD_LOAD_PLUGINS", "reid")
+        monkeypatch.setenv("KD_DATA_HOME", str(data_home))
+        monkeypatch.delenv("KD_TRACE_PLUGINS", raising=False)
+        reset_registry()
+        try:
+            yield
+        finally:
+            reset_registry()
+
+
+def tiny_config(out_dir: Path, *sets: str) -> dict:
+    """The person task's default with :data:`TINY` and then ``sets`` (later items win)."""
+    config = resolve(DEFAULTS, sets=[*TINY, *sets], overrides={"plugin": "reid", "out_dir": str(out_dir)})
+    config["task"] = "person"
+    return config
+
+
+def tiny_fit(out_dir: Path, *sets: str) -> FitResult:
+    """Fit the person task with :data:`TINY` and ``sets`` into ``out_dir``."""
+    return fit(tiny_config(out_dir, *sets), get_registry(), console=Console(file=io.StringIO()))
