@@ -38,19 +38,10 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path
         for node in range(steps):
             positions[2 + node] = (1.0 + node, 0.9 - 0.8 * node / max(1, steps - 1))
         output = (steps + 1.2, 0.5)
+        axis.set_xlim(-0.4, steps + 1.7)
+        axis.set_ylim(0.0, 1.0)
         for index, (op, source) in enumerate(edges):
-            target = 2 + index // 2
-            (x0, y0), (x1, y1) = positions[source], positions[target]
-            axis.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.35"})
-            axis.text(
-                (x0 + x1) / 2,
-                (y0 + y1) / 2,
-                op,
-                fontsize=7,
-                ha="center",
-                va="center",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
-            )
+            _curved_edge(axis, positions[source], positions[2 + index // 2], op)
         for node in range(steps):
             x, y = positions[2 + node]
             axis.annotate(
@@ -76,13 +67,36 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path
             fontsize=9,
             bbox={"boxstyle": "round,pad=0.35", "fc": "#c7e9c0", "ec": "0.3"},
         )
-        axis.set_xlim(-0.4, steps + 1.7)
-        axis.set_ylim(0.0, 1.0)
         axis.set_title(f"{kind} cell")
         axis.axis("off")
     if title:
         figure.suptitle(title)
     return _save(figure, Path(path))
+
+
+def _curved_edge(axis, start: tuple[float, float], end: tuple[float, float], label: str) -> None:
+    """An arrow bent to the side (edges between nodes on one line stay apart), labelled at its middle."""
+    bend = 0.25
+    axis.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        arrowprops={"arrowstyle": "->", "color": "0.35", "connectionstyle": f"arc3,rad={bend}"},
+    )
+    # matplotlib bends arc3 in display coordinates: the curve's middle is the chord's middle moved by
+    # bend / 2 times the chord turned clockwise
+    (x0, y0), (x1, y1) = axis.transData.transform(start), axis.transData.transform(end)
+    middle = ((x0 + x1) / 2 + bend / 2 * (y1 - y0), (y0 + y1) / 2 - bend / 2 * (x1 - x0))
+    x, y = axis.transData.inverted().transform(middle)
+    axis.text(
+        x,
+        y,
+        label,
+        fontsize=7,
+        ha="center",
+        va="center",
+        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+    )
 
 
 def draw_ranked_lists(
