@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdcore.losses import hard_label_ce
+
+
+def data_home() -> Path:
+    """Where plugins write their embedded default data sets: ``$KD_DATA_HOME``, else ``~/.cache/kd``.
+
+    A plugin keeps its own sub-folder (``data_home() / "liverct"``) and writes there atomically once.
+    """
+    return Path(os.environ.get("KD_DATA_HOME") or Path.home() / ".cache" / "kd")
 
 
 @dataclass(frozen=True)

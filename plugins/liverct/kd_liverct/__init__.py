@@ -9,7 +9,6 @@ back through the same loader.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from kd_liverct import gtan
 from kd_liverct.data import DEFAULT_OPTIONS, ReseedableDataset, build_datasets
 from kd_liverct.metrics import dice_ce_loss, evaluate_segmentation, split_image_label
 from kd_liverct.models import ARCHITECTURES, build_model
-from kdcore import Task, TaskData, hookimpl
+from kdcore import Task, TaskData, data_home, hookimpl
 
 __version__ = "0.1.0"
 
@@ -60,11 +59,6 @@ DEFAULTS: dict[str, Any] = {
     },
     "variants": VARIANTS,
 }
-
-
-def data_home() -> Path:
-    """Where embedded default data sets are written: ``$KD_DATA_HOME``, else ``~/.cache/kd``."""
-    return Path(os.environ.get("KD_DATA_HOME") or Path.home() / ".cache" / "kd")
 
 
 def phantom_root(options: Mapping[str, Any]) -> Path:

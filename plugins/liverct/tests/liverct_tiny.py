@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from kd_liverct import DEFAULTS
 from kdcore.config import resolve
 from kdcore.engine import FitResult, fit
-from kdcore.plugins import get_registry, reset_registry
+from kdcore.plugins import get_registry
+from kdcore.testing import plugin_only
 
 #: Four phantom cases (three to train, one to validate), small patches, a 30k teacher, and one GTAN
 #: student instead of the default's four-way comparison.
@@ -35,21 +34,9 @@ TINY = (
 )
 
 
-@contextlib.contextmanager
-def liverct_only(data_home: Path) -> Iterator[None]:
-    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``.
-
-    conftest's autouse fixture does this per test; module-scoped fixtures, set up before it, use it too.
-    """
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("KD_LOAD_PLUGINS", "liverct")
-        monkeypatch.setenv("KD_DATA_HOME", str(data_home))
-        monkeypatch.delenv("KD_TRACE_PLUGINS", raising=False)
-        reset_registry()
-        try:
-            yield
-        finally:
-            reset_registry()
+def liverct_only(data_home: Path) -> contextlib.AbstractContextManager[None]:
+    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``."""
+    return plugin_only("liverct", data_home)
 
 
 def tiny_fit(out_dir: Path, *sets: str, variants: dict | None = None) -> FitResult:

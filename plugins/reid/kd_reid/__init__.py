@@ -10,7 +10,6 @@ back through the same loader.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from kd_reid.data import (
 from kd_reid.evaluation import evaluate_reid
 from kd_reid.losses import reid_loss
 from kd_reid.models import ARCHITECTURES, build_model
-from kdcore import Task, TaskData, hookimpl
+from kdcore import Task, TaskData, data_home, hookimpl
 
 __version__ = "0.1.0"
 
@@ -76,11 +75,6 @@ DEFAULTS: dict[str, Any] = {
         "synthetic_test_ids": 100,
     },
 }
-
-
-def data_home() -> Path:
-    """Where embedded default data sets are written: ``$KD_DATA_HOME``, else ``~/.cache/kd``."""
-    return Path(os.environ.get("KD_DATA_HOME") or Path.home() / ".cache" / "kd")
 
 
 def synthetic_root(options: Mapping[str, Any]) -> Path:

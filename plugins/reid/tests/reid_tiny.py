@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from kd_reid import DEFAULTS
 from kdcore.config import resolve
 from kdcore.engine import FitResult, fit
-from kdcore.plugins import get_registry, reset_registry
+from kdcore.plugins import get_registry
+from kdcore.testing import plugin_only
 
 #: A synthetic set of 16 training and 12 test identities at 32 x 16 pixels, a 3-cell search space of
 #: 2-node cells, a few epochs per stage.
@@ -41,18 +40,9 @@ TINY = (
 )
 
 
-@contextlib.contextmanager
-def reid_only(data_home: Path) -> Iterator[None]:
+def reid_only(data_home: Path) -> contextlib.AbstractContextManager[None]:
     """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("KD_LOAD_PLUGINS", "reid")
-        monkeypatch.setenv("KD_DATA_HOME", str(data_home))
-        monkeypatch.delenv("KD_TRACE_PLUGINS", raising=False)
-        reset_registry()
-        try:
-            yield
-        finally:
-            reset_registry()
+    return plugin_only("reid", data_home)
 
 
 def tiny_config(out_dir: Path, *sets: str) -> dict:
