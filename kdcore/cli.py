@@ -182,7 +182,8 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     task = get_registry().get_task(config["plugin"], config["task"])
     state = load_checkpoint(run_path / checkpoint)
     torch_device = select_device(device)
-    task_data = task.build_data(config)
+    # A teacher checkpoint is scored on the teacher's own data when the task gives it one.
+    task_data = task.build_data(config).for_stage(str(state.get("stage", "")).startswith("teacher"))
     model = task.build_model(state["arch"], state.get("data_info") or task_data.info, config)
     model.load_state_dict(state["model"])
     model.to(torch_device)

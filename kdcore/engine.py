@@ -319,7 +319,8 @@ def fit(
     amp_dtype = autocast_dtype(config["train"], device)
     seed_everything(config["seed"])
     data = task.build_data(config)
-    if where.active and data.train_batch_sampler is not None:
+    samplers = (data.train_batch_sampler, data.for_stage(is_teacher=True).train_batch_sampler)
+    if where.active and any(sampler is not None for sampler in samplers):
         raise ValueError(
             f"task {task.plugin}/{task.name} draws its own training batches (TaskData.train_batch_sampler), "
             "which is not supported under torchrun yet; run it in one process"
@@ -472,7 +473,15 @@ def _build_model(run: DistillRun, stage: Stage) -> nn.Module:
     # no-KD baseline start from equal weights and draw the same augmentations from those generators. (A
     # plugin whose transforms keep their own generator, like MONAI's, restarts it in ``kd_fit_start``.)
     seed_everything(run.config["seed"])
-    return run.task.build_model(stage.arch, run.info, run.config).to(run.device)
+    return run.task.build_model(stage.arch, _stage_info(run, stage), run.config).to(run.device)
+
+
+def _stage_info(run: DistillRun, stage: Stage) -> dict[str, Any]:
+    """What ``build_model`` receives and checkpoints store: the teacher's own data's ``info`` for a
+    teacher stage with ``TaskData.teacher_data``, else the run's (with what stages published)."""
+    if stage.is_teacher and run.data.teacher_data is not None:
+        return dict(run.data.teacher_data.info)
+    return dict(run.info)
 
 
 def _published_info(run_dir: Path) -> dict[str, Any]:
@@ -547,20 +556,21 @@ def _teacher_cache(run: DistillRun) -> TeacherCache:
     return run.teacher_caches[label]
 
 
-def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLoader]:
-    """The training loader (shuffled by the run seed; ``(indices, batch)`` when ``indexed``) and the
-    validation loader."""
+def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[DataLoader, DataLoader]:
+    """The stage's training loader (shuffled by the run seed; ``(indices, batch)`` when ``indexed``) and
+    validation loader, over the teacher's own data for a teacher stage that has it."""
     data_cfg = run.config["data"]
+    data = run.data.for_stage(stage.is_teacher)
     generator = torch.Generator().manual_seed(run.config["seed"])
     common = {
         "num_workers": data_cfg["num_workers"],
-        "collate_fn": run.data.collate_fn,
+        "collate_fn": data.collate_fn,
         "pin_memory": run.device.type == "cuda",
     }
-    train_set = IndexedDataset(run.data.train) if indexed else run.data.train
-    train_common = {**common, "collate_fn": indexed_collate(run.data.collate_fn)} if indexed else common
+    train_set = IndexedDataset(data.train) if indexed else data.train
+    train_common = {**common, "collate_fn": indexed_collate(data.collate_fn)} if indexed else common
     # Under torchrun each process takes its shard of the epoch, reshuffled by the loop's set_epoch.
-    batch_sampler = run.data.train_batch_sampler
+    batch_sampler = data.train_batch_sampler
     if run.dist.active:
         order = {"sampler": distributed.sampler(train_set, run.dist, run.config["seed"])}
         order["batch_size"] = data_cfg["batch_size"]
@@ -569,7 +579,7 @@ def _loaders(run: DistillRun, indexed: bool = False) -> tuple[DataLoader, DataLo
     else:
         order = {"shuffle": True, "generator": generator, "batch_size": data_cfg["batch_size"]}
     train = DataLoader(train_set, **order, **train_common)
-    val = DataLoader(run.data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
+    val = DataLoader(data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
     if len(train) == 0:
         raise ValueError("the training set is empty: check data.path")
     return train, val
@@ -636,7 +646,7 @@ def _train_stage(
     cfg, task, device = run.config, run.task, run.device
     section = cfg[stage.section]
     cache = _teacher_cache(run) if teacher is not None and cfg["train"]["teacher_cache"] else None
-    train_loader, val_loader = _loaders(run, indexed=cache is not None)
+    train_loader, val_loader = _loaders(run, stage, indexed=cache is not None)
     model = _build_model(run, stage)
     trained = distributed.wrap(model, run.dist)  # DistributedDataParallel under torchrun; the model else
     run.stage, run.student, run.teacher, run.hints = stage.name, model, teacher, None
@@ -861,7 +871,7 @@ def _checkpoint_payload(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "metrics": {k: float(v) for k, v in metrics.items()},
-        "data_info": dict(run.info),
+        "data_info": _stage_info(run, stage),
     }
 
 

@@ -41,6 +41,12 @@ class TaskData:
             ``data.batch_size``, the task's ``options``: a search stage may hold some items out). It must
             draw its randomness from ``generator`` (seeded by the run and saved for ``--resume``) when
             iterated. ``None``: shuffled batches of ``data.batch_size``.
+        teacher_data: the teacher's own data, when it learns from another data set or sensor than the
+            student (a matcher trained on a source table, a network trained on the old camera): the
+            teacher stages train and validate on ``teacher_data.train`` / ``.val`` with its sampler and
+            build their models with its ``info``; distilled stages and the baseline use this object.
+            The teacher still teaches on the student's training items (``kd_soft_targets`` may hand it
+            another view of them). ``None``: the teacher shares the student's data.
     """
 
     train: Dataset
@@ -49,6 +55,11 @@ class TaskData:
     collate_fn: Callable[[list[Any]], Any] | None = None
     deterministic_train: bool = False
     train_batch_sampler: Callable[[torch.Generator, Mapping[str, Any]], Iterable[list[int]]] | None = None
+    teacher_data: TaskData | None = None
+
+    def for_stage(self, is_teacher: bool) -> TaskData:
+        """The data a stage trains and validates on: ``teacher_data`` for a teacher stage when set."""
+        return self.teacher_data if is_teacher and self.teacher_data is not None else self
 
 
 def split_input_target(batch: Any) -> tuple[Any, Any]:
