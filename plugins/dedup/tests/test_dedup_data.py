@@ -1,0 +1,118 @@
+"""The task's data: splits by entity, the few target labels, mixed batches, pair sets and their metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kd_dedup import DEFAULTS
+from kd_dedup.blocking import FEBRL_PASSES
+from kd_dedup.data import (
+    UNLABELLED,
+    MixedBatches,
+    PairSet,
+    blocking_passes,
+    build_task_data,
+    choose_labels,
+    mixed_batch_sampler,
+    split_by_entity,
+)
+from kd_dedup.encoding import encode_records
+from kd_dedup.evaluation import match_metrics
+from kd_dedup.tables import RecordTable, load_table
+from kdcore.config import resolve
+
+
+def small_table(entity, side=None) -> RecordTable:
+    n = len(entity)
+    records = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "name": [f"name{i % 7}" for i in range(n)]})
+    return RecordTable("small", records, ("name",), side=side, entity=np.asarray(entity))
+
+
+def test_an_entity_never_straddles_the_split():
+    febrl3 = load_table("febrl3")
+    train, test = split_by_entity(febrl3, 0.5, seed=3)
+    assert len(train) + len(test) == len(febrl3)
+    assert not set(febrl3.entity[train]) & set(febrl3.entity[test])
+    assert len(set(febrl3.entity[test])) == 1000  # half of the 2,000 entities
+    again, _ = split_by_entity(febrl3, 0.5, seed=3)
+    assert np.array_equal(train, again)
+
+
+def test_few_labels_are_drawn_half_matches_and_the_rest_are_unlabelled():
+    truth = np.array([1] * 30 + [0] * 300)
+    labels = choose_labels(truth, 20, 0.5, seed=0)
+    assert (labels == 1).sum() == 10 and (labels == 0).sum() == 10
+    assert (labels == UNLABELLED).sum() == 310
+    assert np.all(labels[labels != UNLABELLED] == truth[labels != UNLABELLED])
+    with pytest.raises(ValueError, match=r"options\.labels = 80 asks for 40 matches"):
+        choose_labels(truth, 80, 0.5, seed=0)
+
+
+def test_mixed_batches_hold_labelled_pairs_and_every_unlabelled_pair_once_an_epoch():
+    labels = np.full(100, UNLABELLED)
+    labels[[3, 50, 70]] = [1, 0, 1]
+    sampler = mixed_batch_sampler(labels)
+    config = {"data": {"batch_size": 10}, "options": {"labelled_per_batch": 2}}
+    batches = list(sampler(torch.Generator().manual_seed(0), config))
+    assert len(batches) == len(sampler(torch.Generator(), config)) == 13  # 97 unlabelled, 8 per batch
+    assert all(sum(labels[i] != UNLABELLED for i in batch) == 2 for batch in batches)
+    unlabelled = [i for batch in batches for i in batch if labels[i] == UNLABELLED]
+    assert sorted(unlabelled) == sorted(set(range(100)) - {3, 50, 70})
+    same = list(sampler(torch.Generator().manual_seed(0), config))
+    assert same == batches  # drawn from the run's generator only
+    with pytest.raises(ValueError, match="labelled_per_batch must be between 1 and"):
+        sampler(torch.Generator(), {"data": {"batch_size": 4}, "options": {"labelled_per_batch": 4}})
+    assert isinstance(sampler(torch.Generator(), config), MixedBatches)
+
+
+def test_default_blocking_is_febrl_passes_for_febrl_columns_else_a_sorted_pass():
+    options = {"blocking": []}
+    assert blocking_passes(options, list(load_table("febrl1").columns)) == FEBRL_PASSES
+    assert blocking_passes(options, ["title", "brand", "price"]) == [
+        {"method": "sorted", "on": ["title", "brand"], "window": 10}
+    ]
+    with pytest.raises(ValueError, match="colour"):
+        blocking_passes({"blocking": [{"method": "block", "on": ["colour"]}]}, ["title"])
+
+
+def test_metrics_count_what_blocking_lost_as_misses():
+    table = small_table([0, 0, 1, 1, 2, 2, 3])
+    pairs = np.array([[0, 1], [2, 3], [0, 2], [4, 6]])  # entity 2's pair (4, 5) was not proposed
+    pair_set = PairSet(table, encode_records(table.records, ["name"], 8), pairs, missed_true_pairs=1)
+    assert pair_set.labels.tolist() == [1, 1, 0, 0]
+    codes, label = pair_set[1]
+    assert codes.shape == (2, 1, 8) and int(label) == 1
+    metrics = match_metrics(pair_set, np.array([0.9, 0.2, 0.7, 0.1]), threshold=0.5)
+    # tp 1 (0-1), fp 1 (0-2), fn 1 (2-3) + 1 lost by blocking
+    assert metrics["precision"] == pytest.approx(0.5)
+    assert metrics["recall"] == pytest.approx(1 / 3)
+    assert metrics["f1"] == pytest.approx(0.4)
+    # the clusters: {0, 1, 2} joined through 0-2 against the truth {0,1}, {2,3}, {4,5}, {6}
+    assert metrics["cluster_f1"] == pytest.approx(2 * (1 / 3) * (1 / 3) / (2 / 3))
+
+
+def test_the_default_task_data_gives_the_teacher_the_source_and_the_students_the_target():
+    config = resolve(DEFAULTS, overrides={"plugin": "dedup", "task": "match"})
+    data = build_task_data(config)
+    teacher = data.teacher_data
+    assert teacher is not None and teacher.info == data.info
+    assert data.info["columns"][:2] == ["given_name", "surname"] and data.info["attributes"] == 10
+    assert (teacher.train.labels != UNLABELLED).all()  # every source pair labelled
+    assert int((data.train.labels != UNLABELLED).sum()) == 50
+    assert int(data.train.labels.eq(1).sum()) == 25
+    assert (data.val.labels != UNLABELLED).all()
+    assert data.val.table.linkage and not teacher.train.table.linkage  # febrl4 links, febrl3 deduplicates
+    assert len(data.train) > 10_000 and data.val.missed_true_pairs < 10
+
+
+def test_a_target_without_the_sources_columns_is_refused_naming_the_file_and_column(tmp_path):
+    path = tmp_path / "people.csv"
+    pd.DataFrame({"id": ["1", "2"], "given_name": ["a", "b"], "surname": ["c", "d"]}).to_csv(
+        path, index=False
+    )
+    config = resolve(DEFAULTS, overrides={"plugin": "dedup", "task": "match", "data": {"path": str(path)}})
+    with pytest.raises(ValueError, match=r"people\.csv.*street_number"):
+        build_task_data(config)

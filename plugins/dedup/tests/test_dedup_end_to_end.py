@@ -1,0 +1,94 @@
+"""A tiny transfer run from real files, its report, and ``kd dedup apply`` on the target tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from dedup_tiny import dedup_only, tiny_fit, write_tiny_sets
+
+from kdcore.cli import cli_with_plugins
+from kdcore.report import read_metrics
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, data_home):
+    folder = tmp_path_factory.mktemp("dedup")
+    source, target = write_tiny_sets(folder / "data")
+    with dedup_only(data_home):
+        result = tiny_fit(folder / "runs", source, target)
+    return result, source, target
+
+
+def snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_the_transfer_student_beats_training_on_the_few_target_labels(tiny):
+    result, _, _ = tiny
+    stages = result.summary["stages"]
+    assert stages["teacher"]["best_metric"] > 0.9  # the teacher learnt the source
+    student, baseline = stages["student"]["final_metric"], stages["baseline"]["final_metric"]
+    assert student > 0.9 and student > baseline + 0.1, (student, baseline)
+    losses = [
+        r["total"]
+        for r in read_metrics(result.run_dir)
+        if r.get("stage") == "student" and r["split"] == "train"
+    ]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_the_report_compares_every_stage_with_the_recordlinkage_baselines(tiny):
+    result, _, _ = tiny
+    report = result.run_dir / "report"
+    rows = {row["name"]: row for row in json.loads((report / "dedup.json").read_text())}
+    assert set(rows) == {"teacher", "student", "baseline", "logistic_regression", "ecm"}
+    assert rows["teacher"]["label"] == "source model as is"
+    for row in rows.values():
+        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["ari"] <= 1.0
+    assert rows["logistic_regression"]["f1"] > 0.8  # the classic baseline works on these pairs
+    assert rows["student"]["f1"] == pytest.approx(result.summary["stages"]["student"]["final_metric"])
+    assert (report / "precision_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kd_dedup_apply_clusters_the_target_tables_and_never_touches_the_inputs(tiny, tmp_path):
+    result, _, target = tiny
+    before = snapshot(target)
+    output, pairs = tmp_path / "entities.csv", tmp_path / "matches.csv"
+    runner = CliRunner()
+    args = ["dedup", "apply", str(result.run_dir), "--input", str(target), "--output", str(output)]
+    out = runner.invoke(cli_with_plugins(), [*args, "--pairs", str(pairs)])
+    assert out.exit_code == 0, out.output
+    assert "against the input's ground truth: pairwise F1" in out.output
+    entities = pd.read_csv(output, dtype=str)
+    assert len(entities) == 500 and list(entities.columns[:3]) == ["id", "table", "entity_id"]
+    assert entities["table"].value_counts().to_dict() == {"a": 250, "b": 250}
+    links = pd.read_csv(target / "pairs.csv", dtype=str)
+    entity_of = dict(zip(entities["table"] + entities["id"], entities["entity_id"], strict=True))
+    together = np.mean(
+        [entity_of["a" + a] == entity_of["b" + b] for a, b in zip(links["id_a"], links["id_b"], strict=True)]
+    )
+    assert together > 0.9
+    matches = pd.read_csv(pairs)
+    assert list(matches.columns) == ["id_a", "id_b", "score"]
+    assert (matches["score"] >= 0.5).all() and matches["score"].is_monotonic_decreasing
+    assert snapshot(target) == before
+
+    again = runner.invoke(cli_with_plugins(), args)
+    assert again.exit_code != 0 and "exists; pass --overwrite" in again.output
+    assert runner.invoke(cli_with_plugins(), [*args, "--overwrite"]).exit_code == 0
+    onto_input = [
+        "dedup",
+        "apply",
+        str(result.run_dir),
+        "--input",
+        str(target),
+        "--output",
+        str(target / "a.csv"),
+    ]
+    refused = runner.invoke(cli_with_plugins(), [*onto_input, "--overwrite"])
+    assert refused.exit_code != 0 and "is an input file" in refused.output
+    assert snapshot(target) == before
