@@ -89,18 +89,36 @@ def kd_register_commands(cli):
 
 
 @hookimpl
+def kd_fit_start(run):
+    """Before the first student learns from the teacher, score that teacher on the target's test pairs:
+    the source model applied as is (its best checkpoint on the source, or the one ``teacher.checkpoint``
+    loaded)."""
+    from kd_dedup import report
+
+    first = run.teacher is not None and run.teacher_label == "teacher"
+    if run.dist.is_main and first and not report.has_row(run.run_dir, "teacher"):
+        _record(run, "teacher", run.teacher)
+
+
+@hookimpl
 def kd_fit_end(run, summary):
-    """Score the stage's final model on the target's test pairs (the teacher's too: the source model
-    applied as is); after the baseline, add the recordlinkage baselines and print the comparison."""
+    """Score the stage's final model on the target's test pairs; after the baseline, add the
+    recordlinkage baselines and print the comparison."""
     from rich.console import Console
 
     from kd_dedup import report
 
-    test, threshold = run.data.val, float(run.config["options"]["threshold"])
-    if not run.dist.is_main:
+    if not run.dist.is_main or run.stage.startswith("teacher"):
         return
-    scores = pair_scores(run.student, test, run.device)
-    summary["target_test"] = report.record(run.run_dir, summary["stage"], test, scores, threshold)
+    summary["target_test"] = _record(run, summary["stage"], run.student)
     if run.stage == "baseline":
-        report.classic_rows(run.run_dir, run.data.train, test, threshold, int(run.config["seed"]))
+        threshold = float(run.config["options"]["threshold"])
+        report.classic_rows(run.run_dir, run.data.train, run.data.val, threshold, int(run.config["seed"]))
         report.write_comparison(run.run_dir, Console())
+
+
+def _record(run, name: str, model: torch.nn.Module) -> dict[str, float]:
+    from kd_dedup import report
+
+    test, threshold = run.data.val, float(run.config["options"]["threshold"])
+    return report.record(run.run_dir, name, test, pair_scores(model, test, run.device), threshold)

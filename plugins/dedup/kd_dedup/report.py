@@ -56,13 +56,21 @@ def curve(pairs: PairSet, scores: np.ndarray) -> dict[str, list[float]]:
     return {"precision": precision[keep].round(5).tolist(), "recall": recall[keep].round(5).tolist()}
 
 
-def record(
-    run_dir: Path, name: str, pairs: PairSet, scores: np.ndarray, threshold: float, extra=None
-) -> dict:
+def row_path(run_dir: Path, name: str) -> Path:
+    """The file of one row's figures."""
+    return stage_dir(run_dir) / f"{name.replace('/', '.')}.json"
+
+
+def has_row(run_dir: Path, name: str) -> bool:
+    """Whether ``name``'s figures are already recorded (a resumed run keeps them)."""
+    return row_path(run_dir, name).is_file()
+
+
+def record(run_dir: Path, name: str, pairs: PairSet, scores: np.ndarray, threshold: float) -> dict:
     """Score ``name`` on the test pairs and write its figures; return the metrics."""
     metrics = match_metrics(pairs, scores, threshold)
-    entry = {"name": name, "metrics": metrics, "curve": curve(pairs, scores), **(extra or {})}
-    path = stage_dir(run_dir) / f"{name.replace('/', '.')}.json"
+    entry = {"name": name, "metrics": metrics, "curve": curve(pairs, scores)}
+    path = row_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
     return metrics
@@ -72,7 +80,7 @@ def classic_rows(run_dir: Path, train: PairSet, test: PairSet, threshold: float,
     """Compute and record the recordlinkage baselines once per run."""
     from kd_dedup.baselines import classic_baselines
 
-    if (stage_dir(run_dir) / "ecm.json").is_file():
+    if has_row(run_dir, "ecm"):
         return
     labelled = (train.labels != UNLABELLED).numpy()
     columns = list(train.table.columns)
