@@ -42,6 +42,7 @@ pairs in about 2 s on one core: the cost is a few sorts of n keys plus the pairs
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from kd_dedup.tables import RecordTable, pairs_within_groups
 
 __all__ = [
     "DEFAULT_MAX_PAIRS",
+    "EXACT_KNN_LIMIT",
     "FEBRL_PASSES",
     "METHODS",
     "blocking_quality",
@@ -76,6 +78,9 @@ FEBRL_PASSES: list[dict[str, Any]] = [
     {"method": "block", "on": ["soc_sec_id"], "prefix": 0},
     {"method": "sorted", "on": ["surname", "given_name"], "window": 5},
 ]
+
+#: Up to this many searched records :func:`knn_pairs` is exact; above, it searches an inverted-file index.
+EXACT_KNN_LIMIT = 20_000
 
 #: The most pairs one pass may produce before :func:`candidate_pairs` stops with an error (16 bytes each).
 DEFAULT_MAX_PAIRS = 50_000_000
@@ -256,14 +261,26 @@ def candidate_pairs(
 
 
 def knn_pairs(
-    embeddings: np.ndarray, k: int, side: np.ndarray | None = None, *, chunk_size: int = 2048
+    embeddings: np.ndarray,
+    k: int,
+    side: np.ndarray | None = None,
+    *,
+    chunk_size: int = 2048,
+    exact_limit: int = EXACT_KNN_LIMIT,
+    probes: int = 3,
 ) -> np.ndarray:
     """Each record paired with its ``k`` nearest neighbours by cosine distance (L2 on normalised rows).
 
     Deduplication (``side`` None): neighbours among the other records. Linkage: A records' neighbours
     among B and B records' neighbours among A, cross pairs only. ``k`` is capped at the number of
-    candidates there are; queries run ``chunk_size`` at a time to bound memory. Returns the format of
-    :meth:`RecordTable.true_pairs`.
+    candidates there are. Returns the format of :meth:`RecordTable.true_pairs`.
+
+    Up to ``exact_limit`` searched records the search is exact (scikit-learn, queries ``chunk_size`` at a
+    time to bound memory): its cost grows with the square of the records. Above it, an inverted-file index
+    keeps the cost near ``n ** 1.5``: ``sqrt(n)`` cells from mini-batch k-means over the searched
+    records, each record filed in its nearest cell, each query compared exactly with the records of its
+    ``probes`` nearest cells only. Near duplicates, whose embeddings almost coincide, share a cell or a
+    neighbouring one; a far neighbour may be missed, which for blocking is what matters least.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2:
@@ -274,13 +291,16 @@ def knn_pairs(
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
     n = len(x)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norms > 0, norms, 1.0)
     if side is None:
         if n < 2:
             return _EMPTY.copy()
-        return _neighbour_pairs(x, np.arange(n), np.arange(n), k, chunk_size, same=True, n=n, swap=False)
+        search = _neighbour_pairs if n <= exact_limit else partial(_cell_neighbour_pairs, probes=probes)
+        return search(x, np.arange(n), np.arange(n), k, chunk_size, same=True, n=n, swap=False)
     side = np.asarray(side)
     if side.shape != (n,):
         raise ValueError(f"side must have one value per embedding ({n}), got shape {side.shape}")
@@ -289,8 +309,13 @@ def knn_pairs(
         raise ValueError("side must hold only 0 (table A) and 1 (table B)")
     if not len(in_a) or not len(in_b):
         return _EMPTY.copy()
-    a_to_b = _neighbour_pairs(x, in_a, in_b, k, chunk_size, same=False, n=n, swap=False)
-    b_to_a = _neighbour_pairs(x, in_b, in_a, k, chunk_size, same=False, n=n, swap=True)
+    search = (
+        _neighbour_pairs
+        if max(len(in_a), len(in_b)) <= exact_limit
+        else partial(_cell_neighbour_pairs, probes=probes)
+    )
+    a_to_b = search(x, in_a, in_b, k, chunk_size, same=False, n=n, swap=False)
+    b_to_a = search(x, in_b, in_a, k, chunk_size, same=False, n=n, swap=True)
     return union_pairs(a_to_b, b_to_a)
 
 
@@ -326,6 +351,81 @@ def _neighbour_pairs(
             left, right = (found, query) if swap else (query, found)
             codes.append((left * n + right).ravel())
     return _decode(unique_codes(np.concatenate(codes)), n)
+
+
+def _cell_neighbour_pairs(
+    x: np.ndarray,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    chunk_size: int,
+    *,
+    same: bool,
+    n: int,
+    swap: bool,
+    probes: int,
+) -> np.ndarray:
+    """:func:`_neighbour_pairs` through an inverted-file index (see :func:`knn_pairs`)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    k = min(k, len(candidates) - 1 if same else len(candidates))
+    if k < 1:
+        return _EMPTY.copy()
+    x = x.astype(np.float32)
+    cells = max(1, round(np.sqrt(len(candidates))))
+    kmeans = MiniBatchKMeans(n_clusters=cells, random_state=0, batch_size=4096, n_init=1)
+    kmeans.fit(x[candidates])
+    centres = kmeans.cluster_centers_.astype(np.float32)
+    filed = kmeans.predict(x[candidates])
+    probes = min(probes, cells)
+    probed = np.concatenate(
+        [
+            np.argpartition(-(x[queries[i : i + chunk_size]] @ centres.T), probes - 1, axis=1)[:, :probes]
+            for i in range(0, len(queries), chunk_size)
+        ]
+    )
+    query_of = np.repeat(np.arange(len(queries)), probes)
+    cell_of = probed.ravel()
+    order = np.argsort(cell_of, kind="stable")
+    query_of, cell_of = query_of[order], cell_of[order]
+    starts = np.searchsorted(cell_of, np.arange(cells + 1))
+    members_order = np.argsort(filed, kind="stable")
+    member_starts = np.searchsorted(filed[members_order], np.arange(cells + 1))
+    found_q, found_c, found_sim = [], [], []
+    for cell in range(cells):
+        asking = queries[query_of[starts[cell] : starts[cell + 1]]]
+        members = candidates[members_order[member_starts[cell] : member_starts[cell + 1]]]
+        if not len(asking) or not len(members):
+            continue
+        sims = x[asking] @ x[members].T
+        if same:
+            sims[asking[:, None] == members[None, :]] = -np.inf  # never one's own neighbour
+        take = min(k, len(members))
+        best = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        found_q.append(np.repeat(asking, take))
+        found_c.append(members[best].ravel())
+        found_sim.append(np.take_along_axis(sims, best, axis=1).ravel())
+    if not found_q:
+        return _EMPTY.copy()
+    query, neighbour, sim = np.concatenate(found_q), np.concatenate(found_c), np.concatenate(found_sim)
+    keep = np.isfinite(sim)
+    query, neighbour, sim = query[keep], neighbour[keep], sim[keep]
+    # Each query's k best over its probed cells (a neighbour found in two cells counts once).
+    order = np.lexsort((-sim, neighbour, query))
+    query, neighbour, sim = query[order], neighbour[order], sim[order]
+    first = np.ones(len(query), dtype=bool)
+    first[1:] = (query[1:] != query[:-1]) | (neighbour[1:] != neighbour[:-1])
+    query, neighbour, sim = query[first], neighbour[first], sim[first]
+    order = np.lexsort((-sim, query))
+    query, neighbour = query[order], neighbour[order]
+    rank = np.arange(len(query)) - np.searchsorted(query, query)
+    query, neighbour = query[rank < k], neighbour[rank < k]
+    if same:
+        codes = np.minimum(query, neighbour) * n + np.maximum(query, neighbour)
+    else:
+        left, right = (neighbour, query) if swap else (query, neighbour)
+        codes = left * n + right
+    return _decode(unique_codes(codes), n)
 
 
 def _canonical(pairs: np.ndarray, table: RecordTable) -> np.ndarray:

@@ -265,3 +265,23 @@ def test_blocking_stays_near_linear_on_100k_records():
     assert (pairs[:, 0] < pairs[:, 1]).all()
     assert 1_000_000 < len(pairs) < 2_000_000  # ~1M postcode pairs, ~0.3M prefix pairs, ~0.4M sorted
     assert elapsed < 15, f"blocking 100k records took {elapsed:.1f} s"
+
+
+def test_knn_pairs_above_the_exact_limit_finds_near_duplicates_through_cells():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1500, 16))
+    x = np.concatenate([base, base + 0.05 * rng.normal(size=base.shape)])  # record i and i + 1500 twins
+    twins = {(i, i + 1500) for i in range(1500)}
+    cells = knn_pairs(x, 3, exact_limit=0)  # the index, not the exact search
+    assert cells.dtype == np.int64 and (cells[:, 0] < cells[:, 1]).all()
+    assert np.array_equal(cells, np.unique(cells, axis=0))
+    assert np.bincount(cells.ravel(), minlength=3000).min() >= 3  # every record has its 3 neighbours
+    assert len(twins & set(map(tuple, cells.tolist()))) >= 0.99 * len(twins)
+    exact = set(map(tuple, knn_pairs(x, 3).tolist()))
+    assert len(exact & set(map(tuple, cells.tolist()))) > 0.5 * len(exact)
+    side = np.repeat(np.array([0, 1], dtype=np.int8), 1500)
+    linked = knn_pairs(x, 2, side, exact_limit=0)
+    assert (side[linked[:, 0]] == 0).all() and (side[linked[:, 1]] == 1).all()
+    assert len(twins & set(map(tuple, linked.tolist()))) >= 0.99 * len(twins)
+    with pytest.raises(ValueError, match="probes"):
+        knn_pairs(x, 2, probes=0)
