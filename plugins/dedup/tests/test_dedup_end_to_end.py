@@ -92,3 +92,14 @@ def test_kd_dedup_apply_clusters_the_target_tables_and_never_touches_the_inputs(
     refused = runner.invoke(cli_with_plugins(), [*onto_input, "--overwrite"])
     assert refused.exit_code != 0 and "is an input file" in refused.output
     assert snapshot(target) == before
+
+
+def test_a_teacher_loaded_from_its_checkpoint_still_gives_the_source_model_row(tiny, tmp_path):
+    result, source, target = tiny
+    checkpoint = result.run_dir / "checkpoints" / "teacher_best.pt"
+    again = tiny_fit(
+        tmp_path, source, target, f"teacher.checkpoint={json.dumps(str(checkpoint))}", "student.epochs=1"
+    )
+    rows = {r["name"]: r for r in json.loads((again.run_dir / "report" / "dedup.json").read_text())}
+    first = {r["name"]: r for r in json.loads((result.run_dir / "report" / "dedup.json").read_text())}
+    assert rows["teacher"]["f1"] == first["teacher"]["f1"]  # the same model on the same test pairs
