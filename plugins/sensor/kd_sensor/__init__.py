@@ -1,0 +1,1 @@
+"""kd-sensor: sensor-modality transfer with few images of the new sensor."""
