@@ -54,6 +54,7 @@ from kdcore.config import resolve
 from kdcore.engine import fit
 
 TARGETS = ("febrl4", "febrl2")
+PARTS = ("quality", "speed", "scaling")
 ROWS = ("teacher", "baseline", "student", "logistic_regression", "ecm")
 NAMES = {
     "teacher": "source model as is",
@@ -64,7 +65,8 @@ NAMES = {
 }
 
 
-def quality(args: argparse.Namespace, work: Path) -> tuple[str, list[dict]]:
+def quality(args: argparse.Namespace, work: Path) -> tuple[str, str, list[dict]]:
+    """Teacher checkpoint, the first transfer run's student checkpoint, and one row per target and seed."""
     quiet = Console(file=io.StringIO())
     common = {"plugin": "dedup", "task": "match", "out_dir": str(work), "train": {"progress": False}}
     teacher_config = resolve(
@@ -79,11 +81,15 @@ def quality(args: argparse.Namespace, work: Path) -> tuple[str, list[dict]]:
             sets = [*args.sets, f"options.target={target}", f"options.labels={args.labels}"]
             run = fit(resolve(DEFAULTS, sets=sets, overrides=overrides), console=quiet)
             report = json.loads((run.run_dir / "report" / "dedup.json").read_text())
-            row = {"target": target, "seed": seed}
+            row = {
+                "target": target,
+                "seed": seed,
+                "student_checkpoint": str(run.run_dir / "checkpoints" / "best.pt"),
+            }
             row.update({r["name"]: r["f1"] for r in report})
             rows.append(row)
             print(json.dumps(row))
-    return checkpoint, rows
+    return checkpoint, rows[0]["student_checkpoint"], rows
 
 
 def throughput(checkpoint: str, student_checkpoint: str, repeats: int) -> list[dict]:
@@ -218,34 +224,8 @@ def scaling(sizes: list[int], student_checkpoint: str, knn: int) -> list[dict]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--labels", type=int, default=50)
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 50_000, 100_000])
-    parser.add_argument("--knn", type=int, default=DEFAULTS["options"]["knn"])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/dedup_transfer.json")
-    parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--student", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.scale_one:
-        print(json.dumps(scale_one(args.scale_one, args.student, args.knn)))
-        return
-
-    started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-dedup-"))
-    teacher_checkpoint, rows = quality(args, work)
-    result = {
-        "benchmark": "dedup_transfer",
-        **environment(),
-        "overrides": args.sets,
-        "labels": args.labels,
-        "seeds": rows,
-    }
+def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
+    """Mean and spread per target and row, the student's wins, and the table."""
     summary = Table(
         title=f"F1 on the target's test pairs, {args.labels} target labels, mean ± sd over {args.seeds} seeds"
     )
@@ -269,43 +249,87 @@ def main() -> None:
             NAMES[name], *(f"{means[t][name]['mean']:.4f} ± {means[t][name]['sd']:.4f}" for t in TARGETS)
         )
     Console().print(summary)
-    result["means"] = means
+    return means
 
-    student_checkpoint = str(next(work.glob("dedup/match/*/checkpoints/best.pt")))
-    result["throughput"] = throughput(teacher_checkpoint, student_checkpoint, args.repeats)
-    speed = Table(title="candidate pairs scored per second (febrl4 test pairs, CPU)")
-    for column in ("way", "model", "parameters", "pairs / s"):
-        speed.add_column(column, justify="right")
-    for row in result["throughput"]:
-        speed.add_row(row["way"], row["model"], f"{row['parameters']:,}", f"{row['pairs_per_second']:,.0f}")
-    Console().print(speed)
 
-    result["scaling"] = scaling(args.sizes, student_checkpoint, args.knn)
-    grow = Table(
-        title=f"kd dedup apply steps with the student (k = {args.knn} neighbours), febrl3 noisy copies"
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for column in (
-        "records",
-        "pairs",
-        "encode",
-        "blocking",
-        "knn",
-        "scoring",
-        "clustering",
-        "total s",
-        "peak MB",
-    ):
-        grow.add_column(column, justify="right")
-    for row in result["scaling"]:
-        s = row["seconds"]
-        grow.add_row(
-            f"{row['records']:,}",
-            f"{row['candidate_pairs']:,}",
-            *(f"{s[k]:.2f}" for k in ("encode", "blocking", "knn", "scoring", "clustering")),
-            f"{row['total_seconds']:.2f}",
-            f"{row['peak_rss_mb']:.0f}",
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--labels", type=int, default=50)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 50_000, 100_000])
+    parser.add_argument("--knn", type=int, default=DEFAULTS["options"]["knn"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure (default: all)"
+    )
+    parser.add_argument(
+        "--student", help="a student checkpoint for speed and scaling (default: one trained here)"
+    )
+    parser.add_argument("--teacher", help="a teacher checkpoint for speed (default: one trained here)")
+    parser.add_argument("--out", default="benchmarks/results/dedup_transfer.json")
+    parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scale_one:
+        print(json.dumps(scale_one(args.scale_one, args.student, args.knn)))
+        return
+
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="kd-bench-dedup-"))
+    result: dict = {
+        "benchmark": "dedup_transfer",
+        **environment(),
+        "overrides": args.sets,
+        "labels": args.labels,
+    }
+    teacher_checkpoint, student_checkpoint = args.teacher, args.student
+    if "quality" in args.parts:
+        teacher_checkpoint, trained_student, rows = quality(args, work)
+        student_checkpoint = student_checkpoint or trained_student
+        result["seeds"] = rows
+        result["means"] = summarise(rows, args)
+    if not (teacher_checkpoint and student_checkpoint) and set(args.parts) - {"quality"}:
+        parser.error("speed and scaling need --teacher and --student checkpoints, or the quality part")
+    if "speed" in args.parts:
+        result["throughput"] = throughput(teacher_checkpoint, student_checkpoint, args.repeats)
+        speed = Table(title="candidate pairs scored per second (febrl4 test pairs, CPU)")
+        for column in ("way", "model", "parameters", "pairs / s"):
+            speed.add_column(column, justify="right")
+        for row in result["throughput"]:
+            speed.add_row(
+                row["way"], row["model"], f"{row['parameters']:,}", f"{row['pairs_per_second']:,.0f}"
+            )
+        Console().print(speed)
+    if "scaling" in args.parts:
+        result["scaling"] = scaling(args.sizes, student_checkpoint, args.knn)
+        grow = Table(
+            title=f"kd dedup apply steps with the student (k = {args.knn} neighbours), scaled febrl3"
         )
-    Console().print(grow)
+        columns = (
+            "records",
+            "pairs",
+            "encode",
+            "blocking",
+            "knn",
+            "scoring",
+            "clustering",
+            "total s",
+            "peak MB",
+        )
+        for column in columns:
+            grow.add_column(column, justify="right")
+        for row in result["scaling"]:
+            s = row["seconds"]
+            grow.add_row(
+                f"{row['records']:,}",
+                f"{row['candidate_pairs']:,}",
+                *(f"{s[k]:.2f}" for k in ("encode", "blocking", "knn", "scoring", "clustering")),
+                f"{row['total_seconds']:.2f}",
+                f"{row['peak_rss_mb']:.0f}",
+            )
+        Console().print(grow)
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_result(args.out, result)
 
