@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 #: The CPU default (a few minutes on 2 cores): the large matcher learns febrl3, the small one febrl4 from
 #: 50 labelled pairs and the teacher's scores on the rest.
 DEFAULTS: dict[str, Any] = {
-    "teacher": {"arch": "siamese_large", "epochs": 6, "lr": 2e-3, "weight_decay": 1e-5},
+    "teacher": {"arch": "siamese_large", "epochs": 2, "lr": 2e-3, "weight_decay": 1e-5},
     "student": {"arch": "siamese_small", "epochs": 6, "lr": 3e-3, "weight_decay": 1e-5},
     "data": {"batch_size": 64, "eval_batch_size": 1024},
     "distill": {
