@@ -214,7 +214,10 @@ def mse_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 def hard_label_ce(logits: Tensor, targets: Tensor, class_dim: int = 1, ignore_index: int = -100) -> Tensor:
     """Cross-entropy against ground-truth labels (the "hard" part of a KD objective).
 
-    A thin wrapper over ``F.cross_entropy`` with mean reduction over non-ignored positions.
+    ``F.cross_entropy`` with mean reduction over the non-ignored positions, and 0 (not NaN) when a batch
+    has no labelled position at all: in semi-supervised distillation a batch may hold only unlabelled
+    items (``ignore_index``), and then only the distillation term should teach. The count of labelled
+    positions stays on the device (no host sync).
     ``F.cross_entropy`` already expects classes on dim 1 for dense inputs (``(N, C, *spatial)`` with
     ``(N, *spatial)`` targets); for another ``class_dim`` (e.g. -1 for ``(N, L, C)``) the class dim is moved
     to position 1 first.
@@ -240,7 +243,10 @@ def hard_label_ce(logits: Tensor, targets: Tensor, class_dim: int = 1, ignore_in
         logits = logits.movedim(class_dim, 1)
         if targets.is_floating_point() and targets.ndim == logits.ndim:  # class-probability targets
             targets = targets.movedim(class_dim, 1)
-    return F.cross_entropy(logits, targets, ignore_index=ignore_index)
+    if targets.is_floating_point():
+        return F.cross_entropy(logits, targets)
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 # ----------------------------------------------------------------------------------------------------------

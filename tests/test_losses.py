@@ -182,6 +182,17 @@ def test_hard_label_ce_matches_cross_entropy() -> None:
     )
 
 
+def test_hard_label_ce_of_a_batch_without_labels_is_zero_not_nan() -> None:
+    logits = torch.randn(4, 3, requires_grad=True)
+    partly = torch.tensor([2, -1, 0, -1])
+    torch.testing.assert_close(
+        hard_label_ce(logits, partly, ignore_index=-1), F.cross_entropy(logits, partly, ignore_index=-1)
+    )
+    none = hard_label_ce(logits, torch.full((4,), -1), ignore_index=-1)
+    none.backward()
+    assert float(none) == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # attention_transfer
 # ----------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ the source); see :mod:`kd_dedup.tables` and datasets.md.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,13 +55,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def match_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the labelled pairs of a batch; unlabelled ones (``-1``) are ignored."""
-    if not bool((targets != UNLABELLED).any()):
-        return outputs.sum() * 0.0
-    return hard_label_ce(outputs, targets, ignore_index=UNLABELLED)
-
-
 MATCH = Task(
     name="match",
     description="entity matching / deduplication (FEBRL default: febrl3 -> febrl4), Siamese transfer",
@@ -70,7 +64,7 @@ MATCH = Task(
     defaults=DEFAULTS,
     evaluate=evaluate_matcher,
     main_metric="f1",
-    supervised_loss=match_loss,
+    supervised_loss=partial(hard_label_ce, ignore_index=UNLABELLED),  # unlabelled items: no CE
 )
 
 
