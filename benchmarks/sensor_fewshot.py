@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kd_sensor import DEFAULTS, RECIPES
+from kd_sensor.report import variant_name
 from kdcore.config import resolve
 from kdcore.engine import fit
 
@@ -34,7 +35,7 @@ from kdcore.engine import fit
 def anneal_recipe(spec: str) -> tuple[str, dict]:
     """``shape:start:end`` (e.g. ``cosine:1:0.5``) as a recipe name and its variant change."""
     shape, start, end = spec.split(":")
-    name = f"kd_anneal_{shape}_{start}_{end}".replace(".", "p")
+    name = f"anneal_{shape}_{start}_{end}".replace(".", "p")
     return name, {"distill": {"alpha": {"name": shape, "start": float(start), "end": float(end)}}}
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for recipe, change in recipes.items():
             options = {**change.get("options", {}), "labels": args.labels, "label_seed": seed}
-            variants[f"s{seed}_{recipe}"] = {**change, "options": options}
+            variants[variant_name(args.labels, seed, recipe)] = {**change, "options": options}
     work = Path(tempfile.mkdtemp(prefix="kd-bench-sensor-"))
     overrides = {"plugin": "sensor", "task": "transfer", "out_dir": str(work), "train": {"progress": False}}
     config = resolve(DEFAULTS, sets=args.sets, overrides=overrides)
@@ -64,7 +65,10 @@ def main() -> None:
     run = fit(config, console=Console(file=io.StringIO()))
     stages = run.summary["stages"]
     accuracy = {
-        recipe: [stages[f"s{seed}_{recipe}/student"]["final_metric"] for seed in range(args.seeds)]
+        recipe: [
+            stages[f"{variant_name(args.labels, seed, recipe)}/student"]["final_metric"]
+            for seed in range(args.seeds)
+        ]
         for recipe in recipes
     }
     baseline = accuracy["no_kd"]
