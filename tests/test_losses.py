@@ -190,7 +190,7 @@ def test_hard_label_ce_of_a_batch_without_labels_is_zero_not_nan() -> None:
     )
     none = hard_label_ce(logits, torch.full((4,), -1), ignore_index=-1)
     none.backward()
-    assert float(none) == 0.0 and torch.count_nonzero(logits.grad) == 0
+    assert float(none.detach()) == 0.0 and torch.count_nonzero(logits.grad) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------
