@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kd_dedup.data import UNLABELLED, build_task_data
-from kd_dedup.evaluation import evaluate_matcher, pair_scores
+from kd_dedup.evaluation import blocking_summary, evaluate_matcher, pair_scores
 from kd_dedup.model import ARCHITECTURES, build_model
 from kdcore import Task, hookimpl
 from kdcore.losses import hard_label_ce
@@ -86,12 +86,17 @@ def kd_register_commands(cli):
 def kd_fit_start(run):
     """Before the first student learns from the teacher, score that teacher on the target's test pairs:
     the source model applied as is (its best checkpoint on the source, or the one ``teacher.checkpoint``
-    loaded)."""
+    loaded); and write how blocking did on each pair set (``report/blocking.json``)."""
     from kd_dedup import report
 
     first = run.teacher is not None and run.teacher_label == "teacher"
     if run.dist.is_main and first and not report.has_row(run.run_dir, "teacher"):
         _record(run, "teacher", run.teacher)
+        sets = {"target test": run.data.val, "target training pool": run.data.train}
+        if run.data.teacher_data is not None:
+            sets["source training"] = run.data.teacher_data.train
+            sets["source validation"] = run.data.teacher_data.val
+        report.write_blocking(run.run_dir, {name: blocking_summary(pairs) for name, pairs in sets.items()})
 
 
 @hookimpl

@@ -66,6 +66,19 @@ def match_metrics(pairs: PairSet, scores: np.ndarray, threshold: float) -> dict[
     return metrics
 
 
+def blocking_summary(pairs: PairSet) -> dict[str, float | int]:
+    """How blocking did on a labelled pair set: candidate pairs, pairs completeness (share of the true
+    pairs proposed) and reduction ratio (share of all record pairs skipped)."""
+    found = int((pairs.labels == 1).sum())
+    true_pairs = found + pairs.missed_true_pairs
+    return {
+        "records": len(pairs.table),
+        "candidate_pairs": len(pairs),
+        "pairs_completeness": found / true_pairs if true_pairs else 1.0,
+        "reduction_ratio": 1.0 - len(pairs) / max(1, pairs.table.possible_pairs()),
+    }
+
+
 def evaluate_matcher(
     model: torch.nn.Module, loader: DataLoader, device: torch.device, config: Mapping[str, Any]
 ) -> dict[str, float]:

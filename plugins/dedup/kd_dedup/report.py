@@ -125,9 +125,16 @@ def label(name: str) -> str:
     return name
 
 
+def write_blocking(run_dir: Path, blocking: Mapping[str, Any]) -> None:
+    """Write ``report/blocking.json``: how blocking did on each labelled pair set of the run."""
+    path = Path(run_dir) / "report" / "blocking.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(blocking, indent=1) + "\n")
+
+
 def write_comparison(run_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
     """Write ``report/dedup.json`` and ``report/precision_recall.png`` from the recorded rows; print the
-    table on ``console`` when given."""
+    table (and how blocking did on the test pairs, from ``report/blocking.json``) on ``console``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,6 +165,14 @@ def write_comparison(run_dir: Path, console: Console | None = None) -> list[dict
     tmp.replace(report / "precision_recall.png")
     if console is not None:
         console.print(comparison_table(summary))
+        blocking_file = report / "blocking.json"
+        if blocking_file.is_file():
+            test = json.loads(blocking_file.read_text())["target test"]
+            console.print(
+                f"blocking on the test records: {test['candidate_pairs']:,} candidate pairs of "
+                f"{test['records']:,} records, pairs completeness {test['pairs_completeness']:.4f}, "
+                f"reduction ratio {test['reduction_ratio']:.4f}"
+            )
     return summary
 
 

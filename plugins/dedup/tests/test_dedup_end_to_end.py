@@ -52,6 +52,11 @@ def test_the_report_compares_every_stage_with_the_recordlinkage_baselines(tiny):
     assert rows["logistic_regression"]["f1"] > 0.8  # the classic baseline works on these pairs
     assert rows["student"]["f1"] == pytest.approx(result.summary["stages"]["student"]["final_metric"])
     assert (report / "precision_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    blocking = json.loads((report / "blocking.json").read_text())
+    assert set(blocking) == {"target test", "target training pool", "source training", "source validation"}
+    test = blocking["target test"]
+    assert 0.95 <= test["pairs_completeness"] <= 1.0 and 0.9 < test["reduction_ratio"] < 1.0
+    assert test["records"] + blocking["target training pool"]["records"] == 500  # the target, split by entity
 
 
 def test_kd_dedup_apply_clusters_the_target_tables_and_never_touches_the_inputs(tiny, tmp_path):
