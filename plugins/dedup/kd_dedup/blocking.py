@@ -346,11 +346,17 @@ def _neighbour_pairs(
             keep = found != query
             keep &= np.cumsum(keep, axis=1) <= k
             query, found = query[keep], found[keep]
-            codes.append(np.minimum(query, found) * n + np.maximum(query, found))
-        else:
-            left, right = (found, query) if swap else (query, found)
-            codes.append((left * n + right).ravel())
+        codes.append(_pair_codes(query.ravel(), found.ravel(), n, same=same, swap=swap))
     return _decode(unique_codes(np.concatenate(codes)), n)
+
+
+def _pair_codes(query: np.ndarray, found: np.ndarray, n: int, *, same: bool, swap: bool) -> np.ndarray:
+    """Codes ``i * n + j`` of (query, neighbour) pairs in the orientation of :meth:`RecordTable.true_pairs`:
+    ``i < j`` within one table (``same``), else A first (the query is in B when ``swap``)."""
+    if same:
+        return np.minimum(query, found) * n + np.maximum(query, found)
+    left, right = (found, query) if swap else (query, found)
+    return left * n + right
 
 
 def _cell_neighbour_pairs(
@@ -420,12 +426,7 @@ def _cell_neighbour_pairs(
     query, neighbour = query[order], neighbour[order]
     rank = np.arange(len(query)) - np.searchsorted(query, query)
     query, neighbour = query[rank < k], neighbour[rank < k]
-    if same:
-        codes = np.minimum(query, neighbour) * n + np.maximum(query, neighbour)
-    else:
-        left, right = (neighbour, query) if swap else (query, neighbour)
-        codes = left * n + right
-    return _decode(unique_codes(codes), n)
+    return _decode(unique_codes(_pair_codes(query, neighbour, n, same=same, swap=swap)), n)
 
 
 def _canonical(pairs: np.ndarray, table: RecordTable) -> np.ndarray:

@@ -14,6 +14,7 @@ from kd_dedup.baselines import (
     ecm_baseline,
     logistic_regression_baseline,
 )
+from kd_dedup.tables import FEBRL_COLUMNS
 
 
 def f1_score(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
@@ -213,19 +214,6 @@ def test_ecm_degenerate_inputs_do_not_crash():
 # ---------------------------------------------------------------------------------------------------------
 # FEBRL 4: 500 linked record pairs, 2500 random non-matches among them
 # ---------------------------------------------------------------------------------------------------------
-
-FEBRL_COLUMNS = [
-    "given_name",
-    "surname",
-    "street_number",
-    "address_1",
-    "address_2",
-    "suburb",
-    "postcode",
-    "state",
-    "date_of_birth",
-    "soc_sec_id",
-]
 
 
 @pytest.fixture(scope="module")
