@@ -41,6 +41,10 @@ class TaskData:
             ``data.batch_size``, the task's ``options``: a search stage may hold some items out). It must
             draw its randomness from ``generator`` (seeded by the run and saved for ``--resume``) when
             iterated. ``None``: shuffled batches of ``data.batch_size``.
+        soft_targets_per_item: True when the task plugin's own ``kd_soft_targets`` gives each training
+            item the same targets every time (the teacher applied to another view of the item, such as
+            the old-sensor twin of an image): ``train.teacher_cache`` may then store them like the
+            teacher's plain outputs. Another plugin's ``kd_soft_targets`` still refuses the cache.
         teacher_data: the teacher's own data, when it learns from another data set or sensor than the
             student (a matcher trained on a source table, a network trained on the old camera): the
             teacher stages train and validate on ``teacher_data.train`` / ``.val`` with its sampler and
@@ -55,6 +59,7 @@ class TaskData:
     collate_fn: Callable[[list[Any]], Any] | None = None
     deterministic_train: bool = False
     train_batch_sampler: Callable[[torch.Generator, Mapping[str, Any]], Iterable[list[int]]] | None = None
+    soft_targets_per_item: bool = False
     teacher_data: TaskData | None = None
 
     def for_stage(self, is_teacher: bool) -> TaskData:

@@ -51,8 +51,14 @@ def indexed_collate(collate_fn: Callable[[list[Any]], Any] | None) -> Callable[[
     return collate_indexed
 
 
-def refusal(deterministic: bool, hints: Sequence[Any], pm: pluggy.PluginManager) -> str | None:
-    """Why the teacher outputs of this run cannot be cached by item index, or None when they can."""
+def refusal(
+    deterministic: bool, hints: Sequence[Any], pm: pluggy.PluginManager, trusted: str = ""
+) -> str | None:
+    """Why the teacher outputs of this run cannot be cached by item index, or None when they can.
+
+    ``trusted`` names the plugin whose ``kd_soft_targets`` gives each item the same targets every time
+    (its task declares ``TaskData.soft_targets_per_item``); any other plugin's still refuses the cache.
+    """
     if not deterministic:
         return (
             "the task's training data does not declare deterministic_train (its items may differ between "
@@ -61,7 +67,9 @@ def refusal(deterministic: bool, hints: Sequence[Any], pm: pluggy.PluginManager)
     if hints:
         return "distill.hints need the teacher's features at every step"
     others = [
-        impl.plugin_name for impl in pm.hook.kd_soft_targets.get_hookimpls() if impl.plugin_name != "core"
+        impl.plugin_name
+        for impl in pm.hook.kd_soft_targets.get_hookimpls()
+        if impl.plugin_name not in ("core", trusted)
     ]
     if others:
         return f"plugin {others[0]!r} decides the soft targets itself (kd_soft_targets)"

@@ -110,6 +110,32 @@ def test_a_resumed_run_reads_the_cache_back_from_the_run_directory(tmp_path, mon
         assert torch.equal(tensor, weights(cut, "last.pt")[key]), key
 
 
+def test_a_task_whose_own_soft_targets_are_per_item_may_cache_them(tmp_path, monkeypatch):
+    """The task's plugin feeds the teacher another view of each item (here: the input doubled) and
+    declares it: the cache stores those targets and the run ends as the live one does."""
+
+    @hookimpl
+    def kd_soft_targets(run, inputs, batch):
+        with torch.no_grad():
+            return run.teacher(2 * inputs)
+
+    def declared(config):
+        return dataclasses.replace(deterministic_data(config), soft_targets_per_item=True)
+
+    views = dataclasses.replace(TASK, name="views", build_data=declared)
+    registry = plugin_registry(
+        monkeypatch, "kdt_views", [views], kd_soft_targets, *count_teacher_forwards(counts := {})
+    )
+    results = {}
+    for cache in ("false", "true"):
+        sets = [f"train.teacher_cache={cache}"]
+        overrides = {"plugin": "kdt_views", "task": "views", "out_dir": str(tmp_path), "run_name": cache}
+        results[cache] = fit(resolve(views.defaults, sets=sets, overrides=overrides), registry, console=QUIET)
+        assert counts["student"] == (STEPS_PER_EPOCH if cache == "true" else 4 * STEPS_PER_EPOCH)
+    for key, tensor in weights(results["false"].run_dir, "last.pt").items():
+        assert torch.equal(tensor, weights(results["true"].run_dir, "last.pt")[key]), key
+
+
 def test_the_cache_is_refused_when_items_may_change_or_a_plugin_makes_the_targets(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="does not declare deterministic_train"):
         run(tmp_path, monkeypatch, task=RANDOM_TASK, sets=["train.teacher_cache=true"])

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "alpha": {"name": "constant", "value": 0.75},
         "baseline": False,  # the no-KD students are variants: one per label budget and seed
     },
-    "train": {"log_every": 20, "eval_every": 5},
+    "train": {"log_every": 20, "eval_every": 5, "teacher_cache": True},  # the teacher runs once per item
     "variants": sweep_variants(),
     "primary_variant": variant_name(10, 0, "kd_anneal"),
     "options": {

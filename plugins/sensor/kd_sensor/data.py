@@ -200,6 +200,7 @@ def build_task_data(config: Mapping[str, Any]) -> TaskData:
         val=TensorDataset(test, test_labels),
         info={"in_channels": new.shape[1], "num_classes": len(classes), "classes": classes},
         deterministic_train=True,
+        soft_targets_per_item=True,  # the teacher on each item's old twin: cacheable (train.teacher_cache)
         train_batch_sampler=label_budget_sampler(labels),
         teacher_data=teacher,
     )
