@@ -327,8 +327,8 @@ def fit(
         )
     pm = registry.run_plugin_manager(task, config["with_plugins"])
     if config["train"]["teacher_cache"]:
+        trusted = task.plugin if data.soft_targets_per_item else ""
         for _, hint_specs in settings.values():
-            trusted = task.plugin if data.soft_targets_per_item else ""
             reason = refusal(data.deterministic_train, hint_specs, pm, trusted)
             if reason:
                 raise ValueError(f"train.teacher_cache cannot be used: {reason}; set it to false")
