@@ -165,7 +165,7 @@ def _select_variants(available: dict[str, Any], chosen: tuple[str, ...]) -> dict
 
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", help="Evaluate on this data set instead of the run's.")
+@click.option("--data", help="Evaluate on this data instead of the run's (see the task's README).")
 @click.option("--checkpoint", default="checkpoints/best.pt", show_default=True, help="Relative to RUN_DIR.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -182,14 +182,17 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     task = get_registry().get_task(config["plugin"], config["task"])
     state = load_checkpoint(run_path / checkpoint)
     torch_device = select_device(device)
-    # A teacher checkpoint is scored on the teacher's own data when the task gives it one.
-    task_data = task.build_data(config).for_stage(str(state.get("stage", "")).startswith("teacher"))
-    model = task.build_model(state["arch"], state.get("data_info") or task_data.info, config)
+    info = state.get("data_info")
+    if data is not None and task.build_eval_data is not None and info is not None:
+        dataset, collate_fn = task.build_eval_data(config, info), None
+    else:
+        # A teacher checkpoint is scored on the teacher's own data when the task gives it one.
+        task_data = task.build_data(config).for_stage(str(state.get("stage", "")).startswith("teacher"))
+        dataset, collate_fn, info = task_data.val, task_data.collate_fn, info or task_data.info
+    model = task.build_model(state["arch"], info, config)
     model.load_state_dict(state["model"])
     model.to(torch_device)
-    loader = DataLoader(
-        task_data.val, batch_size=config["data"]["eval_batch_size"], collate_fn=task_data.collate_fn
-    )
+    loader = DataLoader(dataset, batch_size=config["data"]["eval_batch_size"], collate_fn=collate_fn)
     metrics = task.evaluate(model, loader, torch_device, config)
     if as_json:
         click.echo(json.dumps(metrics))

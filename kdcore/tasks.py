@@ -116,6 +116,12 @@ class Task:
         higher_is_better: whether a larger ``main_metric`` is better.
         supervised_loss: ``supervised_loss(outputs, targets) -> Tensor``, the hard-label loss.
         split_batch: ``split_batch(batch) -> (inputs, targets)``.
+        build_eval_data: optional ``build_eval_data(config, info) -> Dataset``: the labelled data at
+            ``kd eval --data PATH`` (``config["data"]["path"]``) for a checkpoint whose ``TaskData.info``
+            is ``info``, batched with PyTorch's default collate. For data that is not a whole training
+            set, such as a folder of new images with the run's class names, read with the checkpoint's
+            class list and input shape. ``None``: ``kd eval --data`` builds the whole data set with
+            ``build_data`` and scores its ``val``.
         plugin: set by kdcore to the name of the plugin that registered the task.
 
     Example::
@@ -137,6 +143,7 @@ class Task:
     higher_is_better: bool = True
     supervised_loss: Callable[[Any, Any], torch.Tensor] = hard_label_ce
     split_batch: Callable[[Any], tuple[Any, Any]] = split_input_target
+    build_eval_data: Callable[[Mapping[str, Any], Mapping[str, Any]], Dataset] | None = None
     plugin: str = ""
 
     def __post_init__(self) -> None:

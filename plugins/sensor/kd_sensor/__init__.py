@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from kd_sensor.data import HIDDEN, build_task_data
+from kd_sensor.data import HIDDEN, build_eval_data, build_task_data
 from kd_sensor.models import WIDTHS, build_model
 from kd_sensor.report import variant_name
 from kdcore import Task, hookimpl
@@ -88,6 +88,7 @@ TRANSFER = Task(
     architectures=tuple(WIDTHS),
     defaults=DEFAULTS,
     supervised_loss=partial(hard_label_ce, ignore_index=HIDDEN),  # unlabelled items: no CE
+    build_eval_data=build_eval_data,  # kd eval --data: a paired folder's test split or FOLDER/<class>/
 )
 
 

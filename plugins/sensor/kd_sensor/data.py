@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
-from kd_sensor.pairs import PairedSplits, load_paired
+from kd_sensor.pairs import MANIFEST_NAME, PairedSplits, load_image_folder, load_paired
 from kdcore import TaskData, data_home
 
 HIDDEN = -1
@@ -191,16 +191,71 @@ def build_task_data(config: Mapping[str, Any]) -> TaskData:
     teacher = TaskData(
         train=TensorDataset(old[fit], targets[fit]),
         val=TensorDataset(old[held], targets[held]),
-        info={"in_channels": old.shape[1], "num_classes": len(classes), "classes": classes},
+        info=_info("old", old, classes),
         deterministic_train=True,
     )
     test_labels = torch.as_tensor([s.label for s in splits.test])
     return TaskData(
         train=PairedTrain(new, targets, old),
         val=TensorDataset(test, test_labels),
-        info={"in_channels": new.shape[1], "num_classes": len(classes), "classes": classes},
+        info=_info("new", new, classes),
         deterministic_train=True,
         soft_targets_per_item=True,  # the teacher on each item's old twin: cacheable (train.teacher_cache)
         train_batch_sampler=label_budget_sampler(labels),
         teacher_data=teacher,
     )
+
+
+def _info(sensor: str, images: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """What a model for ``sensor``'s images needs, and what ``kd eval --data`` checks new images against."""
+    channels, height, width = images.shape[1:]
+    return {
+        "sensor": sensor,
+        "in_channels": int(channels),
+        "image_size": [int(height), int(width)],
+        "num_classes": len(classes),
+        "classes": classes,
+    }
+
+
+def build_eval_data(config: Mapping[str, Any], info: Mapping[str, Any]) -> TensorDataset:
+    """``kd eval RUN_DIR --data PATH``: labelled images of the checkpoint's sensor, with its class names.
+
+    ``PATH`` is a paired data folder (its test split: the new-sensor images for a student, their old-sensor
+    twins for the teacher) or a bare folder ``PATH/<class>/<image>`` of the checkpoint's sensor. Its class
+    names must be among the model's; the images must have the size and channels the model trained on.
+    """
+    root = Path(config["data"]["path"])
+    sensor, classes = str(info.get("sensor", "new")), [str(name) for name in info["classes"]]
+    if (root / MANIFEST_NAME).is_file() or (root / "train").is_dir():
+        paths, labels = _paired_test_split(load_paired(root), sensor, classes)
+    else:
+        samples = load_image_folder(root, classes)
+        paths, labels = [s.new for s in samples], [s.label for s in samples]
+    images = read_images(paths, f"{sensor}-sensor")
+    found = (int(images.shape[1]), [int(images.shape[2]), int(images.shape[3])])
+    expected = (int(info["in_channels"]), list(info.get("image_size", found[1])))
+    if found != expected:
+        raise ValueError(
+            f"{paths[0]}: {sensor}-sensor images with {found[0]} channel(s) of {found[1][0]}x{found[1][1]} "
+            f"pixels, but the model was trained on {expected[0]} channel(s) of {expected[1][0]}x"
+            f"{expected[1][1]}; give it images of the sensor it was trained on"
+        )
+    return TensorDataset(images, torch.as_tensor(labels))
+
+
+def _paired_test_split(splits: PairedSplits, sensor: str, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The test split's images of ``sensor`` and their labels in the model's class order."""
+    unknown = sorted(set(splits.classes) - set(classes))
+    if unknown:
+        raise ValueError(f"{splits.root}: classes {unknown} are not among the model's classes {classes}")
+    index = {name: i for i, name in enumerate(classes)}
+    if sensor == "old":
+        missing = [s.new for s in splits.test if s.old is None]
+        if missing:
+            raise ValueError(
+                f"{missing[0]}: a test image without its old-sensor twin ({len(missing)} in all); the "
+                "teacher is scored on old-sensor images: add test/old/ (or the test rows' old_path)"
+            )
+    paths = [s.new if sensor == "new" else s.old for s in splits.test]
+    return paths, [index[splits.classes[s.label]] for s in splits.test]

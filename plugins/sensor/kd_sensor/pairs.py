@@ -34,6 +34,9 @@ files and folders whose name starts with a dot, are ignored, but a folder that s
 none is an error. Every image is opened once with Pillow (:func:`check_images`) so that a truncated or
 unreadable file fails here, with its name, rather than in the middle of training.
 
+For ``kd eval --data``, :func:`load_image_folder` also reads a bare folder of one sensor's images,
+``FOLDER/<class>/<image>``, labelled by the class names of a trained model.
+
 Errors are :class:`FileNotFoundError` (something missing) or :class:`ValueError` (something wrong) and name
 the file, the folder or the manifest row, and what was expected.
 """
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -57,6 +60,7 @@ __all__ = [
     "PairedSample",
     "PairedSplits",
     "check_images",
+    "load_image_folder",
     "load_paired",
 ]
 
@@ -176,6 +180,38 @@ def _ends_with_jpeg_eoi(path: Path) -> bool:
     with path.open("rb") as fh:
         fh.seek(max(0, path.stat().st_size - 16))
         return b"\xff\xd9" in fh.read()
+
+
+def load_image_folder(folder: str | os.PathLike, classes: Sequence[str]) -> tuple[PairedSample, ...]:
+    """Read ``folder/<class>/<image>`` (one sensor's images, unpaired: ``old`` is None), labelled by
+    ``classes`` (a trained model's class names: label ``i`` is ``classes[i]``).
+
+    The folder may hold a subset of ``classes``, never another class. Every image is checked with
+    :func:`check_images`; nothing is modified.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing.
+        ValueError: a class folder not in ``classes``, images outside class folders, an empty class folder,
+            an unreadable image.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: image folder not found (expected {folder}/<class>/<image>)")
+    found = _scan_classes(folder.parent, folder.name)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{folder}/{unknown[0]}/: {unknown[0]!r} is not one of the model's classes {list(classes)}"
+            + (f" (and {len(unknown) - 1} more unknown class folders)" if len(unknown) > 1 else "")
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    samples = tuple(
+        PairedSample(old=None, new=folder / rel, label=index[name])
+        for name in sorted(found)
+        for rel in found[name]
+    )
+    check_images(samples)
+    return samples
 
 
 # ------------------------------------------------------------------------------------------ trees layout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +15,9 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from kd_sensor import DEFAULTS, kd_distill_loss, sweep_variants
-from kd_sensor.data import HIDDEN, PairedTrain, choose_labelled, label_budget_sampler
+from kd_sensor.data import HIDDEN, PairedTrain, choose_labelled, label_budget_sampler, read_images
+from kd_sensor.models import build_model
+from kd_sensor.render import RENDER_VERSION, write_default_set
 from kdcore.checkpoint import load_checkpoint
 from kdcore.cli import cli_with_plugins
 from kdcore.config import resolve
@@ -127,3 +131,64 @@ def test_kd_eval_scores_the_student_on_the_held_out_new_sensor_images(tiny_sweep
     assert out.exit_code == 0, out.output
     final = tiny_sweep.summary["stages"]["n10_s0_kd/student"]["final_metric"]
     assert json.loads(out.output)["accuracy"] == pytest.approx(final)
+
+
+def default_root(data_home) -> Path:
+    """The rendered digits the tiny sweep trained on (written once under the session's data home)."""
+    return write_default_set(data_home / "sensor" / f"digits-v{RENDER_VERSION}-seed0-test0.3", seed=0)
+
+
+def eval_on(run_dir: Path, data: Path, checkpoint: str = "checkpoints/best.pt"):
+    args = ["eval", str(run_dir), "--data", str(data), "--checkpoint", checkpoint, "--json"]
+    return CliRunner().invoke(cli_with_plugins(), args)
+
+
+def test_kd_eval_scores_a_bare_new_sensor_folder_with_the_run_s_class_names(tiny_sweep, data_home, tmp_path):
+    test_new = default_root(data_home) / "test/new"
+    whole = eval_on(tiny_sweep.run_dir, test_new)  # FOLDER/<class>/<image>, every class
+    assert whole.exit_code == 0, whole.output
+    final = tiny_sweep.summary["stages"]["n10_s0_kd/student"]["final_metric"]
+    assert json.loads(whole.output)["accuracy"] == pytest.approx(final)
+
+    subset = tmp_path / "two-classes"  # a folder with classes 3 and 7 only keeps their labels 3 and 7
+    for name in ("3", "7"):
+        shutil.copytree(test_new / name, subset / name)
+    before = {p: p.read_bytes() for p in subset.rglob("*.png")}
+    out = eval_on(tiny_sweep.run_dir, subset)
+    assert out.exit_code == 0, out.output
+    state = load_checkpoint(tiny_sweep.run_dir / "checkpoints/best.pt")
+    model = build_model(state["arch"], state["data_info"], {})
+    model.load_state_dict(state["model"])
+    paths = sorted(subset.rglob("*.png"))
+    with torch.no_grad():
+        predicted = model.eval()(read_images(paths, "new-sensor")).argmax(dim=1)
+    truth = torch.tensor([int(p.parent.name) for p in paths])
+    assert json.loads(out.output)["accuracy"] == pytest.approx(float((predicted == truth).float().mean()))
+    assert {p: p.read_bytes() for p in subset.rglob("*.png")} == before  # read only
+
+
+def test_kd_eval_on_a_folder_the_model_cannot_read_names_what_is_wrong(tiny_sweep, data_home, tmp_path):
+    test_new = default_root(data_home) / "test/new"
+    strange = tmp_path / "strange"
+    shutil.copytree(test_new / "1", strange / "1")
+    shutil.copytree(test_new / "2", strange / "cat")
+    out = eval_on(tiny_sweep.run_dir, strange)
+    assert out.exit_code != 0 and "'cat' is not one of the model's classes" in out.output
+    # The teacher saw the RGB camera: thermal images are refused, naming the first file and both shapes.
+    teacher = eval_on(tiny_sweep.run_dir, test_new, "checkpoints/teacher_best.pt")
+    assert teacher.exit_code != 0
+    assert "1 channel(s) of 16x16" in teacher.output and "trained on 3 channel(s) of 32x32" in teacher.output
+    # On a paired folder the teacher is scored on the test split's old-sensor twins: here there are none.
+    paired = eval_on(tiny_sweep.run_dir, default_root(data_home), "checkpoints/teacher_best.pt")
+    assert paired.exit_code != 0 and "without its old-sensor twin (540 in all)" in paired.output
+
+
+def test_kd_eval_scores_the_teacher_on_old_sensor_test_images(tiny_sweep, data_home, tmp_path):
+    root = default_root(data_home)
+    paired = tmp_path / "paired"
+    shutil.copytree(root / "train", paired / "train")
+    shutil.copytree(root / "train/old/5", paired / "test/old/5")  # the teacher's own training images of a 5
+    shutil.copytree(root / "train/new/5", paired / "test/new/5")
+    out = eval_on(tiny_sweep.run_dir, paired, "checkpoints/teacher_best.pt")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["accuracy"] > 0.9  # labelled 5 of the model's classes, not 0 of one
