@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+import time
+import types
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdcore import hookimpl
 from kdcore.checkpoint import atomic_write_text
+from kdcore.plugins import DEFAULT_PLUGINS, Registry
 
 
 def environment() -> dict[str, Any]:
@@ -27,3 +33,46 @@ def environment() -> dict[str, Any]:
 def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write ``result`` as indented JSON at ``path`` (atomically, parents created)."""
     return atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+@dataclass
+class StageClock:
+    """Seconds of every epoch (``(stage, epoch, seconds)``) and of every stage, recorded by hooks."""
+
+    epochs: list[tuple[str, int, float]] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.epochs.clear()
+        self.stages.clear()
+
+    def epoch_seconds(self, stage: str) -> list[float]:
+        return [seconds for name, _, seconds in self.epochs if name == stage]
+
+
+def timing_registry(clock: StageClock) -> Registry:
+    """kdcore's default registry plus a plugin ``kd_bench_timing`` that fills ``clock``: epoch times from
+    ``kd_epoch_start`` / ``kd_epoch_end``, stage times from ``kd_fit_start`` / ``kd_fit_end``."""
+    module = types.ModuleType("kd_bench_timing")
+    started: dict[tuple[str, str], float] = {}
+
+    @hookimpl
+    def kd_fit_start(run):
+        started[run.stage, "stage"] = time.perf_counter()
+
+    @hookimpl
+    def kd_fit_end(run, summary):
+        clock.stages[run.stage] = time.perf_counter() - started[run.stage, "stage"]
+
+    @hookimpl
+    def kd_epoch_start(run, epoch):
+        started[run.stage, "epoch"] = time.perf_counter()
+
+    @hookimpl
+    def kd_epoch_end(run, epoch, metrics):
+        clock.epochs.append((run.stage, epoch, time.perf_counter() - started[run.stage, "epoch"]))
+
+    for hook in (kd_fit_start, kd_fit_end, kd_epoch_start, kd_epoch_end):
+        setattr(module, hook.__name__, hook)
+    sys.modules["kd_bench_timing"] = module
+    return Registry(builtins=(*DEFAULT_PLUGINS, "kd_bench_timing"), load_entry_points=False)

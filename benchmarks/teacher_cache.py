@@ -17,20 +17,16 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
-from bench_common import environment, write_result
+from bench_common import StageClock, environment, timing_registry, write_result
 from rich.console import Console
 from rich.table import Table
 
-from kdcore import hookimpl
 from kdcore.config import resolve
 from kdcore.engine import fit
-from kdcore.plugins import DEFAULT_PLUGINS, Registry
 
 QUIET = Console(file=io.StringIO())
 SETS = [
@@ -43,24 +39,6 @@ SETS = [
 ]
 
 
-def timing_registry(epochs: list[tuple[str, int, float]]) -> Registry:
-    """The default registry plus a plugin that records (stage, epoch, seconds) of every epoch."""
-    module = types.ModuleType("kd_bench_timing")
-    started: dict[str, float] = {}
-
-    @hookimpl
-    def kd_epoch_start(run, epoch):
-        started[run.stage] = time.perf_counter()
-
-    @hookimpl
-    def kd_epoch_end(run, epoch, metrics):
-        epochs.append((run.stage, epoch, time.perf_counter() - started[run.stage]))
-
-    module.kd_epoch_start, module.kd_epoch_end = kd_epoch_start, kd_epoch_end
-    sys.modules["kd_bench_timing"] = module
-    return Registry(builtins=(*DEFAULT_PLUGINS, "kd_bench_timing"), load_entry_points=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,8 +48,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/teacher_cache.json")
     args = parser.parse_args()
 
-    epochs: list[tuple[str, int, float]] = []
-    registry = timing_registry(epochs)
+    clock = StageClock()
+    registry = timing_registry(clock)
     task = registry.get_task("classify", "digits")
     work = Path(tempfile.mkdtemp(prefix="kd-bench-cache-"))
     common = {
@@ -86,11 +64,11 @@ def main() -> None:
     results: dict[bool, list[dict]] = {False: [], True: []}
     for round_ in range(args.rounds):
         for cached in (False, True) if round_ % 2 == 0 else (True, False):
-            epochs.clear()
+            clock.clear()
             sets = [*SETS, *args.sets, f"train.teacher_cache={str(cached).lower()}"]
             overrides = {**common, "teacher": {"checkpoint": checkpoint}}
             result = fit(resolve(task.defaults, sets=sets, overrides=overrides), registry, console=QUIET)
-            student = [seconds for stage, epoch, seconds in epochs if stage == "student"]
+            student = clock.epoch_seconds("student")
             results[cached].append(
                 {
                     "first_epoch_s": student[0],

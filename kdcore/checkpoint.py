@@ -9,9 +9,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_FORMAT = 1
 
@@ -81,6 +82,8 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
 
     A ``format`` key is added so future versions can migrate old files.
     """
+    import torch
+
     data = {"format": CHECKPOINT_FORMAT, **payload}
     return atomic_write(path, lambda fh: torch.save(data, fh))
 
@@ -91,6 +94,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         CheckpointError: naming the file, when it is missing, unreadable or lacks a ``model`` entry.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

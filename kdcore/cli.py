@@ -16,19 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdcore.checkpoint import CheckpointError, load_checkpoint
 from kdcore.config import ConfigError, dump, read_toml, resolve
-from kdcore.plugins import PluginError, get_registry
-from kdcore.report import ReportError, write_report
-from kdcore.schedules import ScheduleError, build_schedule, describe_schedule, plot_schedule
+from kdcore.plugins import get_registry
 
-#: Errors that are the user's to fix: shown as one line, never as a traceback.
+#: Errors that are the user's to fix: shown as one line, never as a traceback. kdcore's own (ConfigError,
+#: PluginError, ScheduleError, CheckpointError, ReportError, ...) are ValueErrors or RuntimeErrors.
 USER_ERRORS = (
-    ConfigError,
-    PluginError,
-    ScheduleError,
-    CheckpointError,
-    ReportError,
     ValueError,
     KeyError,
     FileNotFoundError,
@@ -40,8 +33,29 @@ USER_ERRORS = (
 class KdGroup(click.Group):
     """Turns user errors into ``Error: ...`` and exit status 1 instead of a traceback wall.
 
-    Set ``KD_DEBUG=1`` to see the full traceback.
+    Set ``KD_DEBUG=1`` to see the full traceback. With ``plugin_commands`` set, the plugins' own commands
+    are added the first time a command that is not kdcore's is asked for, or the list of commands (``kd
+    --help``): ``kd train --help`` loads no plugin.
     """
+
+    plugin_commands = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and self._add_plugin_commands_once():
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands_once()
+        return super().list_commands(ctx)
+
+    def _add_plugin_commands_once(self) -> bool:
+        if not self.plugin_commands:
+            return False
+        self.plugin_commands = False
+        _add_plugin_commands(self)
+        return True
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -173,6 +187,7 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
     """Evaluate a run's saved student (or any of its checkpoints) on the validation data."""
     from torch.utils.data import DataLoader
 
+    from kdcore.checkpoint import load_checkpoint
     from kdcore.engine import select_device
 
     run_path = Path(run_dir)
@@ -209,15 +224,23 @@ def eval_(run_dir, data, checkpoint, device, as_json) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report(run_dir) -> None:
     """Redraw RUN_DIR/report (PNG curves and summary.json) from metrics.jsonl."""
+    from kdcore.report import write_report
+
     summary = write_report(run_dir)
     click.echo(json.dumps(summary, indent=2))
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plugins(as_json) -> None:
+@click.option(
+    "--check", is_flag=True, help="Also run every plugin's schedule and loss registration (imports torch)."
+)
+def plugins(as_json, check) -> None:
     """List installed plugins: distribution, version, tasks, hooks, and errors of broken ones."""
-    infos = list(get_registry().plugins.values())
+    registry = get_registry()
+    if check:
+        registry.register_schedules_and_losses()
+    infos = list(registry.plugins.values())
     if as_json:
         click.echo(json.dumps([{**dataclasses.asdict(i), "broken": i.broken} for i in infos], indent=2))
         return
@@ -270,6 +293,8 @@ def schedules(ctx) -> None:
     """List the temperature/weight schedules; `kd schedules plot NAME` draws one."""
     if ctx.invoked_subcommand is not None:
         return
+    from kdcore.schedules import describe_schedule
+
     table = Table(title="kd schedules")
     table.add_column("name")
     table.add_column("description", overflow="fold")
@@ -289,6 +314,7 @@ def schedules_plot(name, sets, output, steps) -> None:
     Example: kd schedules plot anneal_to_one -s start=8 -s end_fraction=0.5
     """
     from kdcore.config import parse_set
+    from kdcore.schedules import build_schedule, plot_schedule
 
     spec: dict[str, Any] = {"name": name}
     for item in sets:
@@ -307,19 +333,19 @@ def _add_plugin_commands(group: click.Group) -> None:
             registry.plugins[impl.plugin_name].error = f"kd_register_commands failed: {exc}"
 
 
-def cli_with_plugins() -> click.Group:
-    """A copy of the ``kd`` group with every loaded plugin's commands added (``cli`` is left as it is):
-    what the console script runs, for tests and for embedding ``kd`` in another program."""
+def cli_with_plugins() -> KdGroup:
+    """A copy of the ``kd`` group that adds every loaded plugin's commands when one is first asked for
+    (``cli`` is left as it is): what the console script runs, for tests and for embedding ``kd`` in
+    another program."""
     group = copy.copy(cli)
     group.commands = dict(cli.commands)
-    _add_plugin_commands(group)
+    group.plugin_commands = True
     return group
 
 
 def main() -> None:
     """Console-script entry point."""
-    _add_plugin_commands(cli)
-    cli(prog_name="kd")
+    cli_with_plugins()(prog_name="kd")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from kdcore.tasks import Task
 
 ENTRY_POINT_GROUP = "kd"
 DEFAULT_PLUGINS = ("kdcore.builtin.core", "kdcore.builtin.classify")
-REGISTRATION_HOOKS = ("kd_register_tasks", "kd_register_schedules", "kd_register_losses")
 
 
 class PluginError(RuntimeError):
@@ -87,8 +86,9 @@ class Registry:
         self.pm = new_plugin_manager()
         self.plugins: dict[str, PluginInfo] = {}
         self.tasks: dict[str, dict[str, Task]] = {}
-        self.schedules: dict[str, Callable[..., Any]] = {}
-        self.losses: dict[str, Callable[..., Any]] = {}
+        self._schedules: dict[str, Callable[..., Any]] = {}
+        self._losses: dict[str, Callable[..., Any]] = {}
+        self._extras_registered = False
         self._objects: dict[str, object] = {}
         version = _version("kdcore")
         for module_name in builtins:
@@ -125,23 +125,25 @@ class Registry:
             return
         try:
             _check_hook_names(self.pm, obj)
-            staged = self._call_registration_hooks(name, obj)
+            tasks = self._register_tasks(name, obj)
         except Exception as exc:
-            self.pm.unregister(obj)
-            info.error = _short_error(exc)
+            self._drop(name, obj, exc)
             return
-        tasks, schedules, losses = staged
         self.tasks[name] = tasks
-        self.schedules.update(schedules)
-        self.losses.update(losses)
         self._objects[name] = obj
         info.tasks = sorted(tasks)
         info.hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or [])
 
-    def _call_registration_hooks(self, plugin: str, obj: object) -> tuple[dict, dict, dict]:
+    def _drop(self, name: str, obj: object, exc: BaseException) -> None:
+        """Mark plugin ``name`` broken by ``exc`` and forget what it registered."""
+        self.pm.unregister(obj)
+        info = self.plugins[name]
+        info.error, info.tasks, info.hooks = _short_error(exc), [], []
+        self.tasks.pop(name, None)
+        self._objects.pop(name, None)
+
+    def _register_tasks(self, plugin: str, obj: object) -> dict[str, Task]:
         tasks: dict[str, Task] = {}
-        schedules: dict[str, Callable[..., Any]] = {}
-        losses: dict[str, Callable[..., Any]] = {}
 
         def register_task(task: Task) -> None:
             if not isinstance(task, Task):
@@ -150,24 +152,43 @@ class Registry:
                 raise ValueError(f"task {task.name!r} registered twice")
             tasks[task.name] = replace(task, plugin=plugin)
 
-        def named(kind: str, taken: dict, staged: dict) -> Callable[[str, Callable], None]:
-            def register(name: str, factory: Callable[..., Any]) -> None:
-                if name in taken or name in staged:
-                    raise ValueError(f"{kind} {name!r} is already registered")
-                staged[name] = factory
+        _call_hook(self.pm, "kd_register_tasks", obj, register_task)
+        return tasks
 
-            return register
+    @property
+    def schedules(self) -> dict[str, Callable[..., Any]]:
+        """Every registered schedule factory by name (plugins' ``kd_register_schedules``)."""
+        self.register_schedules_and_losses()
+        return self._schedules
 
-        callbacks = {
-            "kd_register_tasks": register_task,
-            "kd_register_schedules": named("schedule", self.schedules, schedules),
-            "kd_register_losses": named("loss", self.losses, losses),
-        }
-        for hook_name in REGISTRATION_HOOKS:
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.plugin is obj:
-                    impl.function(register=callbacks[hook_name])
-        return tasks, schedules, losses
+    @property
+    def losses(self) -> dict[str, Callable[..., Any]]:
+        """Every registered distillation loss by name (plugins' ``kd_register_losses``)."""
+        self.register_schedules_and_losses()
+        return self._losses
+
+    def register_schedules_and_losses(self) -> None:
+        """Call every loaded plugin's ``kd_register_schedules`` and ``kd_register_losses``, once.
+
+        They run on first need, not when the plugins load: kdcore's own import torch, which ``kd plugins``,
+        ``kd tasks`` and ``kd --help`` do without. A plugin whose registration fails is marked broken
+        (``kd plugins`` then shows why) and what it registered is forgotten.
+        """
+        if self._extras_registered:
+            return
+        self._extras_registered = True
+        for name, obj in list(self._objects.items()):
+            schedules: dict[str, Callable[..., Any]] = {}
+            losses: dict[str, Callable[..., Any]] = {}
+            register_schedule = _named("schedule", self._schedules, schedules)
+            try:
+                _call_hook(self.pm, "kd_register_schedules", obj, register_schedule)
+                _call_hook(self.pm, "kd_register_losses", obj, _named("loss", self._losses, losses))
+            except Exception as exc:
+                self._drop(name, obj, exc)
+                continue
+            self._schedules.update(schedules)
+            self._losses.update(losses)
 
     # -- queries -----------------------------------------------------------------------------------
     def plugin_object(self, name: str) -> object:
@@ -189,7 +210,12 @@ class Registry:
             raise PluginError(f"plugin {name!r} ({info.distribution} {info.version}) is broken: {info.error}")
 
     def get_task(self, plugin: str, task: str = "") -> Task:
-        """The task ``task`` of ``plugin``; with ``task=""`` the plugin's only (or first-listed) task."""
+        """The task ``task`` of ``plugin``; with ``task=""`` the plugin's only (or first-listed) task.
+
+        Every plugin's schedules and losses are registered first: a plugin whose registration fails is
+        broken, and its tasks are refused with the reason.
+        """
+        self.register_schedules_and_losses()
         self._check_plugin(plugin)
         tasks = self.tasks[plugin]
         if not tasks:
@@ -210,10 +236,29 @@ class Registry:
         Later registrations are called first, so the task's plugin overrides the core's defaults and an
         extra plugin overrides both.
         """
+        self.register_schedules_and_losses()
         pm = new_plugin_manager()
         for name in dict.fromkeys(["core", task.plugin, *extra_plugins]):
             pm.register(self.plugin_object(name), name=name)
         return pm
+
+
+def _call_hook(pm: pluggy.PluginManager, hook_name: str, obj: object, register: Callable[..., None]) -> None:
+    """Call plugin ``obj``'s own implementation of the registration hook ``hook_name``, if it has one."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        if impl.plugin is obj:
+            impl.function(register=register)
+
+
+def _named(kind: str, taken: dict, staged: dict) -> Callable[[str, Callable], None]:
+    """A ``register(name, factory)`` that refuses a name already taken or staged."""
+
+    def register(name: str, factory: Callable[..., Any]) -> None:
+        if name in taken or name in staged:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        staged[name] = factory
+
+    return register
 
 
 def _check_hook_names(pm: pluggy.PluginManager, obj: object) -> None:

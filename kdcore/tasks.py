@@ -6,13 +6,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from kdcore.lazy import lazy
 
-from kdcore.losses import hard_label_ce
+if TYPE_CHECKING:  # torch is imported when a task is used, not when a plugin registers it
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
 
 
 def data_home() -> Path:
@@ -67,26 +68,32 @@ class TaskData:
         return self.teacher_data if is_teacher and self.teacher_data is not None else self
 
 
+#: The default hard-label loss, :func:`kdcore.losses.hard_label_ce` (imported on first use).
+HARD_LABEL_CE = lazy("kdcore.losses:hard_label_ce")
+
+
 def split_input_target(batch: Any) -> tuple[Any, Any]:
     """Default batch layout: ``(inputs, targets)`` — what torchvision datasets and TensorDataset yield."""
     inputs, targets = batch[0], batch[1]
     return inputs, targets
 
 
-@torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module, loader: DataLoader, device: torch.device, config: Mapping[str, Any]
 ) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy of a classifier over ``loader`` (``config`` is not needed)."""
+    import torch
+
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for batch in loader:
-        inputs, targets = split_input_target(batch)
-        inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs)
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == targets).sum())
-        total += int(targets.numel())
+    with torch.no_grad():
+        for batch in loader:
+            inputs, targets = split_input_target(batch)
+            inputs, targets = inputs.to(device), targets.to(device)
+            logits = model(inputs)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == targets).sum())
+            total += int(targets.numel())
     if total == 0:
         raise ValueError("the validation set is empty: nothing to evaluate")
     return {"accuracy": correct / total, "loss": loss_sum / total}
@@ -96,7 +103,10 @@ def evaluate_accuracy(
 class Task:
     """A distillation task a plugin registers with ``kd_register_tasks``.
 
-    The core knows nothing of the domain: everything domain-specific enters through these fields.
+    The core knows nothing of the domain: everything domain-specific enters through these fields. Each
+    function may be a :func:`kdcore.lazy` reference (``lazy("kd_sensor.data:build_task_data")``), imported
+    when the task is first used: the plugin's entry module then needs no torch, and ``kd plugins``,
+    ``kd tasks`` and ``kd --help`` answer at once.
 
     Args:
         name: the task's name, unique within its plugin (``kd train --plugin P --task NAME``).
@@ -114,7 +124,8 @@ class Task:
             sliding-window size).
         main_metric: the metric that picks the best checkpoint.
         higher_is_better: whether a larger ``main_metric`` is better.
-        supervised_loss: ``supervised_loss(outputs, targets) -> Tensor``, the hard-label loss.
+        supervised_loss: ``supervised_loss(outputs, targets) -> Tensor``, the hard-label loss
+            (default :func:`kdcore.losses.hard_label_ce`).
         split_batch: ``split_batch(batch) -> (inputs, targets)``.
         build_eval_data: optional ``build_eval_data(config, info) -> Dataset``: the labelled data at
             ``kd eval --data PATH`` (``config["data"]["path"]``) for a checkpoint whose ``TaskData.info``
@@ -141,7 +152,7 @@ class Task:
     )
     main_metric: str = "accuracy"
     higher_is_better: bool = True
-    supervised_loss: Callable[[Any, Any], torch.Tensor] = hard_label_ce
+    supervised_loss: Callable[[Any, Any], torch.Tensor] = HARD_LABEL_CE
     split_batch: Callable[[Any], tuple[Any, Any]] = split_input_target
     build_eval_data: Callable[[Mapping[str, Any], Mapping[str, Any]], Dataset] | None = None
     plugin: str = ""

@@ -5,21 +5,21 @@ It is registered like any other plugin, first, so every plugin can override its 
 
 from __future__ import annotations
 
-import torch
-
 from kdcore.hookspecs import hookimpl
-from kdcore.losses import BUILTIN_LOSSES
-from kdcore.schedules import BUILTIN_SCHEDULES
 
 
 @hookimpl
 def kd_register_schedules(register):
+    from kdcore.schedules import BUILTIN_SCHEDULES
+
     for name, factory in BUILTIN_SCHEDULES.items():
         register(name, factory)
 
 
 @hookimpl
 def kd_register_losses(register):
+    from kdcore.losses import BUILTIN_LOSSES
+
     for name, fn in BUILTIN_LOSSES.items():
         register(name, fn)
 
@@ -27,6 +27,8 @@ def kd_register_losses(register):
 @hookimpl(trylast=True)
 def kd_soft_targets(run, inputs, batch):
     """The teacher's outputs for ``inputs``, computed without gradients in eval mode."""
+    import torch
+
     with torch.no_grad():
         return run.teacher(inputs)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcore import Task, hookimpl
-
-from .data import build_data
-from .models import ARCHITECTURES, build_model
+from kdcore import Task, hookimpl, lazy
 
 __version__ = "0.1.0"
+
+#: The architecture names ``models.build_model`` accepts (the keys of ``models.HIDDEN``).
+ARCHITECTURES = ("mlp_teacher", "mlp_student")
 
 #: Defaults merged over kdcore's (see ``kd train --plugin example --dry-run``); small enough that a run
 #: takes a few seconds on a CPU. Users override any key with ``--set`` or a TOML config file.
@@ -38,8 +38,11 @@ DEFAULTS: dict[str, Any] = {
 TOY = Task(
     name="toy",
     description="Toy 2-D classification: three interleaved spirals, MLP teacher -> tiny MLP student",
-    build_data=build_data,
-    build_model=build_model,
+    # lazy("module:function"): imported when a run starts, so that this module needs no torch and
+    # `kd plugins` / `kd --help` stay instant however many plugins are installed. (__name__ is this
+    # package: a renamed copy needs no edit here.)
+    build_data=lazy(f"{__name__}.data:build_data"),
+    build_model=lazy(f"{__name__}.models:build_model"),
     architectures=ARCHITECTURES,
     defaults=DEFAULTS,
 )

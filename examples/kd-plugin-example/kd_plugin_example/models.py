@@ -7,18 +7,17 @@ from typing import Any
 
 from torch import nn
 
-#: Architecture name -> hidden layer widths. ``Task.architectures`` lists these names.
+#: Architecture name (``kd_plugin_example.ARCHITECTURES``) -> hidden layer widths.
 HIDDEN: dict[str, tuple[int, ...]] = {
     "mlp_teacher": (64, 64),
     "mlp_student": (8,),
 }
-ARCHITECTURES = tuple(HIDDEN)
 
 
 def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -> nn.Module:
-    """An MLP ``in_features -> hidden... -> num_classes`` for ``arch`` (one of :data:`ARCHITECTURES`)."""
+    """An MLP ``in_features -> hidden... -> num_classes`` for ``arch`` (one of :data:`HIDDEN`)."""
     if arch not in HIDDEN:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(HIDDEN)}")
     layers: list[nn.Module] = []
     width = info["in_features"]
     for hidden in HIDDEN[arch]:

@@ -11,18 +11,18 @@ the source); see :mod:`kd_dedup.tables` and datasets.md.
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from kd_dedup.architectures import ARCHITECTURES
+from kdcore import Task, hookimpl, lazy
 
-from kd_dedup.data import UNLABELLED, build_task_data
-from kd_dedup.evaluation import blocking_summary, evaluate_matcher, pair_scores
-from kd_dedup.model import ARCHITECTURES, build_model
-from kdcore import Task, hookimpl
-from kdcore.losses import hard_label_ce
+if TYPE_CHECKING:
+    from torch import nn
 
 __version__ = "0.1.0"
+
+#: The label of a candidate pair the stage does not know (learnt from the teacher only, no CE).
+UNLABELLED = -1
 
 #: The CPU default (a few minutes on 2 cores): the large matcher learns febrl3, the small one febrl4 from
 #: 50 labelled pairs and the teacher's scores on the rest.
@@ -58,13 +58,13 @@ DEFAULTS: dict[str, Any] = {
 MATCH = Task(
     name="match",
     description="entity matching / deduplication (FEBRL default: febrl3 -> febrl4), Siamese transfer",
-    build_data=build_task_data,
-    build_model=build_model,
+    build_data=lazy("kd_dedup.data:build_task_data"),  # torch, pandas and recordlinkage when a run starts
+    build_model=lazy("kd_dedup.model:build_model"),
     architectures=tuple(ARCHITECTURES),
     defaults=DEFAULTS,
-    evaluate=evaluate_matcher,
+    evaluate=lazy("kd_dedup.evaluation:evaluate_matcher"),
     main_metric="f1",
-    supervised_loss=partial(hard_label_ce, ignore_index=UNLABELLED),  # unlabelled items: no CE
+    supervised_loss=lazy("kdcore.losses:hard_label_ce", ignore_index=UNLABELLED),  # unlabelled: no CE
 )
 
 
@@ -88,6 +88,7 @@ def kd_fit_start(run):
     the source model applied as is (its best checkpoint on the source, or the one ``teacher.checkpoint``
     loaded); and write how blocking did on each pair set (``report/blocking.json``)."""
     from kd_dedup import report
+    from kd_dedup.evaluation import blocking_summary
 
     first = run.teacher is not None and run.teacher_label == "teacher"
     if run.dist.is_main and first and not report.has_row(run.run_dir, "teacher"):
@@ -116,8 +117,9 @@ def kd_fit_end(run, summary):
         report.write_comparison(run.run_dir, Console())
 
 
-def _record(run, name: str, model: torch.nn.Module) -> dict[str, float]:
+def _record(run, name: str, model: nn.Module) -> dict[str, float]:
     from kd_dedup import report
+    from kd_dedup.evaluation import pair_scores
 
     test, threshold = run.data.val, float(run.config["options"]["threshold"])
     return report.record(run.run_dir, name, test, pair_scores(model, test, run.device), threshold)

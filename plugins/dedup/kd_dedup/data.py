@@ -37,12 +37,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kd_dedup import UNLABELLED
 from kd_dedup.blocking import FEBRL_PASSES, candidate_pairs, validate_passes
 from kd_dedup.encoding import encode_records
 from kd_dedup.tables import FEBRL_SETS, RecordTable, load_table
 from kdcore import TaskData
-
-UNLABELLED = -1
 
 
 class PairSet(Dataset):

@@ -32,31 +32,14 @@ siamese_small  12        24         12    6        32      10,034      student: 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kd_dedup.architectures import ARCHITECTURES, MatcherSpec
 from kd_dedup.encoding import PAD, VOCABULARY_SIZE
-
-
-@dataclass(frozen=True)
-class MatcherSpec:
-    """The sizes of one named matcher."""
-
-    char_dim: int
-    channels: int
-    attribute_dim: int
-    compare_dim: int
-    hidden: int
-
-
-ARCHITECTURES: dict[str, MatcherSpec] = {
-    "siamese_large": MatcherSpec(char_dim=24, channels=64, attribute_dim=32, compare_dim=16, hidden=64),
-    "siamese_small": MatcherSpec(char_dim=12, channels=24, attribute_dim=12, compare_dim=6, hidden=32),
-}
 
 
 class RecordEncoder(nn.Module):

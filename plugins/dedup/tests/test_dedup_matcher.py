@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from kd_dedup.architectures import ARCHITECTURES
 from kd_dedup.encoding import ALPHABET, PAD, UNKNOWN, VOCABULARY_SIZE, decode, encode_records
-from kd_dedup.model import ARCHITECTURES, build_model, encode_table, score_pairs
+from kd_dedup.model import build_model, encode_table, score_pairs
 
 
 def test_values_become_fixed_codes_truncated_and_padded():

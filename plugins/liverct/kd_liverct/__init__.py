@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kd_liverct import gtan
-from kd_liverct.data import DEFAULT_OPTIONS, ReseedableDataset, build_datasets
-from kd_liverct.metrics import dice_ce_loss, evaluate_segmentation, split_image_label
-from kd_liverct.models import ARCHITECTURES, build_model
-from kdcore import Task, TaskData, data_home, hookimpl
+from kd_liverct.architectures import ARCHITECTURES
+from kd_liverct.options import DEFAULT_OPTIONS
+from kdcore import Task, TaskData, data_home, hookimpl, lazy
 
 __version__ = "0.1.0"
 
@@ -74,6 +72,8 @@ def phantom_root(options: Mapping[str, Any]) -> Path:
 
 def build_data(config: Mapping[str, Any]) -> TaskData:
     """``--data PATH`` (MSD or LiTS) or, without one, the embedded phantom."""
+    from kd_liverct.data import build_datasets
+
     options = config["options"]
     root = config["data"]["path"] or phantom_root(options)
     return build_datasets(root, options, int(config["seed"]))
@@ -83,13 +83,13 @@ LIVER = Task(
     name="liver",
     description="3-D liver + tumour CT segmentation (MSD Task03_Liver / LiTS; embedded phantom), GTAN",
     build_data=build_data,
-    build_model=build_model,
+    build_model=lazy("kd_liverct.models:build_model"),  # torch and MONAI when a run starts
     architectures=tuple(ARCHITECTURES),
     defaults=DEFAULTS,
-    evaluate=evaluate_segmentation,
+    evaluate=lazy("kd_liverct.metrics:evaluate_segmentation"),
     main_metric="dice",
-    supervised_loss=dice_ce_loss,
-    split_batch=split_image_label,
+    supervised_loss=lazy("kd_liverct.metrics:dice_ce_loss"),
+    split_batch=lazy("kd_liverct.metrics:split_image_label"),
 )
 
 
@@ -111,6 +111,9 @@ def kd_register_losses(register):
 def kd_fit_start(run):
     """Restart the random crops and flips at the run seed, so every stage sees the same patches; build
     the growing assistant when the student stage of a GTAN run starts."""
+    from kd_liverct import gtan
+    from kd_liverct.data import ReseedableDataset
+
     if isinstance(run.data.train, ReseedableDataset):
         run.data.train.reseed(int(run.config["seed"]))
     gtan.start(run)
@@ -119,24 +122,31 @@ def kd_fit_start(run):
 @hookimpl
 def kd_step_start(run, step, batch):
     """Grow the assistant to this step's width."""
+    from kd_liverct import gtan
+
     gtan.grow(run)
 
 
 @hookimpl
 def kd_soft_targets(run, inputs, batch):
     """In a GTAN student stage, the assistant's logits (after its own step); otherwise kdcore's default."""
+    from kd_liverct import gtan
+
     return gtan.soft_targets(run, inputs, batch)
 
 
 @hookimpl
 def kd_epoch_end(run, epoch, metrics):
     """Log the assistant's width and active parameter count with each validation record."""
+    from kd_liverct import gtan
+
     gtan.describe(run, metrics)
 
 
 @hookimpl
 def kd_fit_end(run, summary):
     """Save the assistant and put its final size in the stage summary; draw the stage's overlays."""
+    from kd_liverct import gtan
     from kd_liverct.overlays import draw_stage_overlays  # matplotlib only when a stage ends
 
     gtan.finish(run, summary)
@@ -146,6 +156,9 @@ def kd_fit_end(run, summary):
 @hookimpl
 def kd_state_dict(run):
     """The random crops' and flips' generators and, in a GTAN stage, the assistant (for ``--resume``)."""
+    from kd_liverct import gtan
+    from kd_liverct.data import ReseedableDataset
+
     state: dict[str, Any] = {}
     if isinstance(run.data.train, ReseedableDataset):
         state["data"] = run.data.train.rng_state()
@@ -158,6 +171,8 @@ def kd_state_dict(run):
 @hookimpl
 def kd_load_state_dict(run, state):
     """Restore what ``kd_state_dict`` saved, after ``kd_fit_start`` rebuilt the stage's objects."""
+    from kd_liverct import gtan
+
     mine = state.get("liverct", {})
     if "data" in mine:
         run.data.train.set_rng_state(mine["data"])
@@ -168,6 +183,6 @@ def kd_load_state_dict(run, state):
 @hookimpl
 def kd_register_commands(cli):
     """Add ``kd predict``: segment new CT volumes with a trained liverct run."""
-    from kd_liverct.predict import register_command
+    from kd_liverct.predict_command import register_command
 
     register_command(cli)

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from kd_liverct.models import ARCHITECTURES, GTAN_ARCH, GrowingUNet
+from kd_liverct.architectures import ARCHITECTURES, GTAN_ARCH
+from kd_liverct.models import GrowingUNet
 from kdcore.checkpoint import save_checkpoint
 from kdcore.schedules import Piecewise, Schedule
 

@@ -57,6 +57,7 @@ from matplotlib.patches import Patch
 from kd_liverct.data import resolve_options
 from kd_liverct.metrics import evaluate_segmentation, sliding_window_logits
 from kdcore.checkpoint import atomic_write, load_checkpoint
+from kdcore.lazy import resolve
 
 #: Label values drawn, with their names (MSD Task03_Liver / LiTS). Other values are drawn as background.
 CLASSES: dict[int, str] = {1: "liver", 2: "tumour"}
@@ -426,7 +427,7 @@ def draw_stage_overlays(run: Any, summary: dict[str, Any]) -> list[str]:
     Returns:
         The PNG paths, relative to the run directory (POSIX form), as put in ``summary["overlays"]``.
     """
-    if run.task.evaluate is not evaluate_segmentation:  # liverct's hooks also run with --with liverct
+    if resolve(run.task.evaluate) is not evaluate_segmentation:  # the hooks also run with --with liverct
         return []
     count = int(run.config["options"].get("overlay_cases", 1))
     checkpoint = run.run_dir / summary["checkpoint"]

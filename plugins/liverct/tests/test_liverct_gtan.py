@@ -8,8 +8,8 @@ import pytest
 from liverct_tiny import liverct_only, tiny_fit
 
 from kd_liverct import DEFAULTS
+from kd_liverct.architectures import GTAN_ARCH
 from kd_liverct.gtan import width_schedule
-from kd_liverct.models import GTAN_ARCH
 from kdcore.checkpoint import load_checkpoint
 from kdcore.report import read_metrics
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kd_liverct.models import ARCHITECTURES, GTAN_ARCH, GrowingUNet, build_model, build_unet, count_parameters
+from kd_liverct.architectures import ARCHITECTURES, GTAN_ARCH
+from kd_liverct.models import GrowingUNet, build_model, build_unet, count_parameters
 
 INFO = {"in_channels": 1, "num_classes": 3}
 

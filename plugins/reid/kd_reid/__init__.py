@@ -14,20 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kd_reid import search
-from kd_reid.data import (
-    ReIDEvalSet,
-    ReIDTrainSet,
-    batch_sampler_for,
-    decode_all,
-    train_transform,
-)
-from kd_reid.evaluation import evaluate_reid
-from kd_reid.losses import reid_loss
-from kd_reid.models import ARCHITECTURES, build_model
-from kdcore import Task, TaskData, data_home, hookimpl
+from kdcore import Task, TaskData, data_home, hookimpl, lazy
 
 __version__ = "0.1.0"
+
+#: The networks :func:`kd_reid.models.build_model` builds (named here: loading the plugin imports no torch).
+ARCHITECTURES = ("resnet50", "resnet18", "kdas_search", "kdas")
 
 #: Anneal-to-one: T falls linearly from 4 to 1 over the stage (KDAS-ReID's dynamic temperature).
 ANNEAL = {"name": "anneal_to_one", "start": 4.0, "end_fraction": 1.0, "shape": "linear"}
@@ -88,6 +80,7 @@ def synthetic_root(options: Mapping[str, Any]) -> Path:
 
 def build_data(config: Mapping[str, Any]) -> TaskData:
     """``--data PATH`` (Market-1501, DukeMTMC-reID, MSMT17) or, without one, the synthetic set."""
+    from kd_reid.data import ReIDEvalSet, ReIDTrainSet, batch_sampler_for, decode_all, train_transform
     from kd_reid.market import load_reid_folder
 
     options = config["options"]
@@ -113,12 +106,12 @@ PERSON = Task(
     name="person",
     description="person re-ID (Market-1501 / DukeMTMC-reID / MSMT17; synthetic default), KDAS-ReID",
     build_data=build_data,
-    build_model=build_model,
+    build_model=lazy("kd_reid.models:build_model"),  # torch and torchvision when a run starts
     architectures=ARCHITECTURES,
     defaults=DEFAULTS,
-    evaluate=evaluate_reid,
+    evaluate=lazy("kd_reid.evaluation:evaluate_reid"),
     main_metric="mAP",
-    supervised_loss=reid_loss,
+    supervised_loss=lazy("kd_reid.losses:reid_loss"),
 )
 
 
@@ -139,24 +132,32 @@ def kd_register_losses(register):
 @hookimpl
 def kd_fit_start(run):
     """Set up the architecture step when a search stage starts."""
+    from kd_reid import search
+
     search.start(run)
 
 
 @hookimpl
 def kd_epoch_start(run, epoch):
     """Restart the held-out batches of a search at each epoch (resumable at epoch boundaries)."""
+    from kd_reid import search
+
     search.new_epoch(run)
 
 
 @hookimpl
 def kd_step_end(run, step, losses):
     """In a search stage, one architecture step after each weight step."""
+    from kd_reid import search
+
     search.architecture_step(run)
 
 
 @hookimpl
 def kd_epoch_end(run, epoch, metrics):
     """Log the architecture weights' entropy with each validation record of a search."""
+    from kd_reid import search
+
     search.describe(run, metrics)
 
 
@@ -164,6 +165,7 @@ def kd_epoch_end(run, epoch, metrics):
 def kd_fit_end(run, summary):
     """Derive, save, draw and publish a search's genotype; draw the stage's ranked lists; put the
     model's latency per image (batch 1, the run's device) in the stage summary."""
+    from kd_reid import search
     from kd_reid.evaluation import draw_stage_ranked_lists, latency_ms
 
     search.finish(run, summary)
@@ -177,6 +179,8 @@ def kd_fit_end(run, summary):
 @hookimpl
 def kd_state_dict(run):
     """The search's architecture optimiser and held-out generator (for ``--resume``)."""
+    from kd_reid import search
+
     state = search.state_dict(run)
     return None if state is None else {"reid": {"search": state}}
 
@@ -184,6 +188,8 @@ def kd_state_dict(run):
 @hookimpl
 def kd_load_state_dict(run, state):
     """Restore what ``kd_state_dict`` saved, after ``kd_fit_start`` rebuilt the search state."""
+    from kd_reid import search
+
     saved = state.get("reid", {}).get("search")
     if saved is not None:
         search.load_state_dict(run, saved)

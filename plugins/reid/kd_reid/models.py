@@ -23,10 +23,9 @@ from typing import Any
 
 from torch import nn
 
+from kd_reid import ARCHITECTURES
 from kd_reid.heads import ReIDHead, ReIDOutput
 from kd_reid.search_space import DerivedNetwork, Genotype, SearchNetwork
-
-ARCHITECTURES = ("resnet50", "resnet18", "kdas_search", "kdas")
 
 
 class ResNetReID(nn.Module):

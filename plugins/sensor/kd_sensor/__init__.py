@@ -14,18 +14,16 @@ selective KD, at N = 10, 50, 100 (three label seeds each) and every label.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-import torch
-
-from kd_sensor.data import HIDDEN, build_eval_data, build_task_data
 from kd_sensor.models import WIDTHS, build_model
 from kd_sensor.report import variant_name
-from kdcore import Task, hookimpl
-from kdcore.losses import hard_label_ce, soft_target_kl
+from kdcore import Task, hookimpl, lazy
 
 __version__ = "0.1.0"
+
+#: The label of a training pair whose label the stage does not use (no cross-entropy on it).
+HIDDEN = -1
 
 #: The label budgets and seeds of the sweep (N = 0: every label); more than one seed where N is small.
 SWEEP: dict[int, int] = {10: 3, 50: 3, 100: 3, 0: 1}
@@ -83,12 +81,12 @@ DEFAULTS: dict[str, Any] = {
 TRANSFER = Task(
     name="transfer",
     description="old-sensor teacher -> new-sensor student from few paired images (digits RGB -> thermal)",
-    build_data=build_task_data,
+    build_data=lazy("kd_sensor.data:build_task_data"),  # torch is imported when a run starts
     build_model=build_model,
     architectures=tuple(WIDTHS),
     defaults=DEFAULTS,
-    supervised_loss=partial(hard_label_ce, ignore_index=HIDDEN),  # unlabelled items: no CE
-    build_eval_data=build_eval_data,  # kd eval --data: a paired folder's test split or FOLDER/<class>/
+    supervised_loss=lazy("kdcore.losses:hard_label_ce", ignore_index=HIDDEN),  # unlabelled items: no CE
+    build_eval_data=lazy("kd_sensor.data:build_eval_data"),  # kd eval --data: test split or FOLDER/<class>/
 )
 
 
@@ -101,6 +99,8 @@ def kd_register_tasks(register):
 @hookimpl
 def kd_soft_targets(run, inputs, batch):
     """The teacher sees the old-sensor twin of each new-sensor image (the batch's third element)."""
+    import torch
+
     with torch.no_grad():
         return run.teacher(batch[2])
 
@@ -113,6 +113,8 @@ def kd_distill_loss(run, student_outputs, teacher_outputs, batch):
     with none selected the term is 0. Without ``selective``, kdcore's default term."""
     if not run.config["options"]["selective"]:
         return None
+    from kdcore.losses import soft_target_kl
+
     probabilities = teacher_outputs.detach().softmax(dim=1)
     confidence, predicted = probabilities.max(dim=1)
     labels = batch[1]

@@ -30,10 +30,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
+from kd_sensor import HIDDEN
 from kd_sensor.pairs import MANIFEST_NAME, PairedSplits, load_image_folder, load_paired
 from kdcore import TaskData, data_home
-
-HIDDEN = -1
 
 
 def read_images(paths: Sequence[Path], what: str) -> torch.Tensor:

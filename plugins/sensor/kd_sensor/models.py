@@ -16,15 +16,18 @@ cnn_small  16-32-64         24,058 (grey in)                      student on the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 WIDTHS: dict[str, tuple[int, int, int]] = {"cnn_large": (32, 64, 128), "cnn_small": (16, 32, 64)}
 
 
 def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -> nn.Module:
     """The CNN ``arch`` for ``info['in_channels']`` input channels and ``info['num_classes']`` classes."""
+    from torch import nn  # here, so that loading the plugin does not import torch
+
     if arch not in WIDTHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(WIDTHS)}")
     layers: list[nn.Module] = []

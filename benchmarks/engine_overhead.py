@@ -1,0 +1,211 @@
+"""Engine overhead: the same KD student trained by ``kd`` and by a minimal hand-written PyTorch loop.
+
+Both sides train the same student (``classify``'s ``cnn_small`` by default) from the same trained teacher
+(``cnn_large``, trained once by ``kd`` first), on the same digits, in the same batches, from the same
+initial weights, with the same optimiser (Adam, the task's learning rate) and the same loss,
+``(1 - alpha) CE + alpha KL(softmax(t/T) || softmax(s/T)) T^2`` with T = 4 and alpha = 0.5. Each epoch
+ends with validation on the held-out digits, and the plain loop keeps the best weights in a checkpoint as
+a user's would. ``kd`` runs with its defaults: a metrics line every 10 steps, the rich progress bar
+(drawn into a buffer), last/best checkpoints and the resume state after every epoch.
+
+Rounds alternate the order (plain then kd, kd then plain, ...) after one warm-up round of each that is not
+counted. The figure is steps per second over the whole student stage (training and validation), the
+kd side timed from ``kd_fit_start`` to ``kd_fit_end``; the ratio is the median over rounds of kd's
+steps per second over the plain loop's, from the same round. The final accuracies of both are printed:
+with the same seed they train the same student.
+
+    .venv/bin/python benchmarks/engine_overhead.py [--rounds 5] [--epochs 10] [--student cnn_small]
+        [--teacher cnn_large] [--batch-size 64] [--device auto]
+
+Prints a table and writes benchmarks/results/engine_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from bench_common import StageClock, environment, timing_registry, write_result
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdcore.checkpoint import load_checkpoint
+from kdcore.config import resolve
+from kdcore.engine import fit, select_device
+from kdcore.tasks import Task
+
+TEMPERATURE, ALPHA = 4.0, 0.5
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Hinton's loss, written out as a user of a plain loop would."""
+    soft = F.kl_div(
+        F.log_softmax(student / TEMPERATURE, dim=1),
+        F.log_softmax(teacher / TEMPERATURE, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - ALPHA) * F.cross_entropy(student, targets) + ALPHA * soft * TEMPERATURE**2
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    model.eval()
+    correct = total = 0
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        correct += int((model(inputs).argmax(dim=1) == targets).sum())
+        total += len(targets)
+    return correct / total
+
+
+def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Path) -> dict[str, float]:
+    """Train the KD student with a hand-written loop; return its steps per second and final accuracy."""
+    device = select_device(config["device"])
+    data = task.build_data(config)
+    teacher_state = load_checkpoint(teacher_path)
+    teacher = task.build_model(teacher_state["arch"], teacher_state["data_info"], config)
+    teacher.load_state_dict(teacher_state["model"])
+    teacher.to(device).eval()
+    torch.manual_seed(config["seed"])
+    student = task.build_model(config["student"]["arch"], data.info, config).to(device)
+    generator = torch.Generator().manual_seed(config["seed"])
+    batch_size = config["data"]["batch_size"]
+    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=generator)
+    val = DataLoader(data.val, batch_size=config["data"]["eval_batch_size"])
+    optimizer = torch.optim.Adam(student.parameters(), lr=config["student"]["lr"])
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    best, steps, value = -1.0, 0, 0.0
+    started = time.perf_counter()
+    for _ in range(config["student"]["epochs"]):
+        student.train()
+        for inputs, targets in train:
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                with torch.no_grad():
+                    teacher_logits = teacher(inputs)
+                loss = kd_loss(student(inputs), teacher_logits, targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+        value = accuracy(student, val, device)
+        if value > best:
+            best = value
+            torch.save(student.state_dict(), out / "best.pt")
+    seconds = time.perf_counter() - started
+    return {"steps_per_s": steps / seconds, "seconds": seconds, "steps": steps, "final_accuracy": value}
+
+
+def kd_run(registry, config: Mapping[str, Any], clock: StageClock, steps: int) -> dict[str, float]:
+    """Train the same student with ``kd`` (``steps`` in all); steps per second over its student stage."""
+    clock.clear()
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)  # the bar is drawn
+    started = time.perf_counter()
+    result = fit(dict(config), registry, console=console)
+    wall = time.perf_counter() - started
+    stage = result.summary["stages"]["student"]
+    seconds = clock.stages["student"]
+    return {
+        "steps_per_s": steps / seconds,
+        "seconds": seconds,
+        "steps": steps,
+        "final_accuracy": stage["final_metric"],
+        "fit_wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="counted rounds of each side")
+    parser.add_argument("--epochs", type=int, default=10, help="student epochs per run")
+    parser.add_argument("--teacher", default="cnn_large")
+    parser.add_argument("--student", default="cnn_small")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="benchmarks/results/engine_overhead.json")
+    args = parser.parse_args()
+
+    clock = StageClock()
+    registry = timing_registry(clock)
+    task = registry.get_task("classify", "digits")
+    work = Path(tempfile.mkdtemp(prefix="kd-bench-overhead-"))
+    sets = [
+        f"teacher.arch='{args.teacher}'",
+        f"student.arch='{args.student}'",
+        f"student.epochs={args.epochs}",
+        f"data.batch_size={args.batch_size}",
+        f"distill.temperature={TEMPERATURE}",
+        f"distill.alpha={ALPHA}",
+        "distill.baseline=false",
+    ]
+    common = {"plugin": "classify", "task": "digits", "out_dir": str(work), "device": args.device}
+    common["with_plugins"] = ["kd_bench_timing"]
+    started = time.perf_counter()
+    quiet = Console(file=io.StringIO())
+    first = fit(resolve(task.defaults, sets=sets, overrides=common), registry, console=quiet)
+    teacher_path = str(first.run_dir / "checkpoints" / "teacher_best.pt")
+    config = resolve(task.defaults, sets=sets, overrides={**common, "teacher": {"checkpoint": teacher_path}})
+    steps = args.epochs * math.ceil(len(task.build_data(config).train) / args.batch_size)
+    rows: dict[str, list[dict[str, float]]] = {"plain": [], "kd": []}
+    for round_ in range(args.rounds + 1):
+        order = ("plain", "kd") if round_ % 2 == 0 else ("kd", "plain")
+        for side in order:
+            if side == "plain":
+                plain_out = work / f"plain-{round_}"
+                plain_out.mkdir()
+                row = plain_loop(task, config, teacher_path, plain_out)
+            else:
+                row = kd_run(registry, config, clock, steps)
+            if round_ > 0:  # round 0 warms up both sides
+                rows[side].append(row)
+    ratios = [k["steps_per_s"] / p["steps_per_s"] for k, p in zip(rows["kd"], rows["plain"], strict=True)]
+    report = {
+        "benchmark": "engine_overhead",
+        **environment(),
+        "device": str(select_device(args.device)),
+        "sets": sets,
+        "rounds": args.rounds,
+        "plain": rows["plain"],
+        "kd": rows["kd"],
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    title = f"KD student stage, {args.student} from {args.teacher}, {args.epochs} epochs (median)"
+    table = Table(title=title)
+    for column in ("loop", "steps/s", "stage s", "final accuracy"):
+        table.add_column(column, justify="right")
+    for side, label in (("plain", "plain PyTorch"), ("kd", "kd (defaults)")):
+        table.add_row(
+            label,
+            f"{statistics.median(r['steps_per_s'] for r in rows[side]):.1f}",
+            f"{statistics.median(r['seconds'] for r in rows[side]):.3f}",
+            ", ".join(f"{r['final_accuracy']:.4f}" for r in rows[side]),
+        )
+    Console().print(table)
+    print(
+        f"kd / plain steps per second: median {report['ratio_median']:.3f} (rounds: "
+        + ", ".join(f"{r:.3f}" for r in ratios)
+        + ")"
+    )
+    write_result(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
