@@ -72,6 +72,23 @@ def atomic_directory(root: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make ``path`` hold what ``source`` holds now, atomically: a hard link when the file system allows
+    (no bytes copied; a later atomic replacement of ``source`` leaves ``path`` as it was), else a copy."""
+    source, path = Path(source), Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdcore import distributed
-from kdcore.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from kdcore.checkpoint import atomic_copy, atomic_write_text, load_checkpoint, save_checkpoint
 from kdcore.config import write_config
 from kdcore.hints import HintTerms, parse_hints
 from kdcore.plugins import Registry, get_registry
@@ -57,6 +57,10 @@ from kdcore.tasks import Task, TaskData
 from kdcore.teacher_cache import IndexedDataset, TeacherCache, indexed_collate, refusal
 
 #: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
+#: Seconds between two redraws of the progress bar. rich's own refresh thread (10 a second) competes
+#: with the training loop for the CPU and the GIL; the loop redraws it itself, at most this often.
+BAR_REDRAW_S = 0.5
+
 RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals", "lr"})
 
 #: Where :meth:`DistillRun.publish_info` keeps what stages published, in the run directory.
@@ -175,8 +179,10 @@ class DistillRun:
         teacher: the model teaching it (None in supervised stages).
         step, total_steps, epoch: position in the stage; ``progress`` is ``step / total_steps``.
         temperature, alpha: the values used at the current step.
-        signals: named floats schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own);
-            logged with every training record and drawn in ``report/signals.png``.
+        signals: named values schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own):
+            floats, or 0-dim tensors that stay on the device until read (the engine's per-step
+            "agreement" and "loss_ratio": ``float()`` one to read it, which waits for the device);
+            logged as floats with every training record and drawn in ``report/signals.png``.
         amp_dtype: the autocast dtype of forward passes (``train.amp`` and ``train.amp_dtype``), or None
             for full precision; ``amp`` says whether there is one, ``grad_scaling`` whether float16 needs
             a gradient scaler (a plugin training its own model in the step uses the same).
@@ -212,7 +218,7 @@ class DistillRun:
     epoch: int = 0
     temperature: float | torch.Tensor = 1.0
     alpha: float = 0.0
-    signals: dict[str, float] = field(default_factory=dict)
+    signals: dict[str, float | torch.Tensor] = field(default_factory=dict)
     stop_requested: bool = False
     variant: str = ""
     amp_dtype: torch.dtype | None = None
@@ -625,14 +631,14 @@ def _validates(epoch: int, epochs: int, every: int, stop_requested: bool) -> boo
     return (epoch + 1) % every == 0 or epoch == epochs - 1 or stop_requested
 
 
-def _agreement(student_out: Any, teacher_out: Any) -> float | None:
+def _agreement(student_out: Any, teacher_out: Any) -> torch.Tensor | None:
     if not (isinstance(student_out, torch.Tensor) and isinstance(teacher_out, torch.Tensor)):
         return None
     if student_out.shape != teacher_out.shape or student_out.ndim < 2:
         return None
     # max(dim).indices, not argmax(dim): the same first-maximum index, but argmax over a strided class
     # dimension of dense (N, C, *spatial) logits is an order of magnitude slower on CPU.
-    return float((student_out.max(dim=1).indices == teacher_out.max(dim=1).indices).float().mean())
+    return (student_out.max(dim=1).indices == teacher_out.max(dim=1).indices).float().mean()
 
 
 def _train_stage(
@@ -701,17 +707,21 @@ def _train_stage(
         console=console,
         disable=not (cfg["train"]["progress"] and console.is_terminal),
         transient=True,
+        auto_refresh=False,  # drawn from the loop at most every BAR_REDRAW_S: no drawing thread
     )
+    next_draw = 0.0
     try:
         with progress:
             bar = progress.add_task(stage.label, total=run.total_steps, completed=run.step, status="")
+            watch = LossWatch(device)
             for epoch in range(first_epoch, epochs):
                 run.epoch = epoch
                 if hasattr(train_loader.sampler, "set_epoch"):
                     train_loader.sampler.set_epoch(epoch)
                 run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
                 model.train()
-                loss_sum, batches = 0.0, 0
+                loss_sum: torch.Tensor | float = 0.0
+                batches = 0
                 for index, batch in enumerate(train_loader):
                     lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
                     window = _window(index, len(train_loader), cfg["train"]["accumulate"])
@@ -721,22 +731,24 @@ def _train_stage(
                         cached = (cache, items)
                     batch = to_device(batch, device)
                     losses = _train_step(run, trained, optimizer, scaler, schedules, batch, *window, cached)
-                    loss_sum += losses["total"]
+                    watch.update(losses["total"], run.step)
+                    loss_sum = loss_sum + losses["total"]
                     batches += 1
-                    if run.step % cfg["train"]["log_every"] == 0:
-                        run.log.write(
-                            {
-                                "stage": stage.label,
-                                "split": "train",
-                                "epoch": epoch,
-                                "step": run.step,
-                                "lr": lr,
-                                **losses,
-                            }
-                        )
+                    if run.step % cfg["train"]["log_every"] == 0:  # the only per-step host syncs
+                        watch.check(run.stage)
+                        record = {"stage": stage.label, "split": "train", "epoch": epoch, "step": run.step}
+                        record.update(lr=lr, **_floats(losses))
+                        if run.distilling:
+                            record["signals"] = _floats(run.signals)
+                        run.log.write(record)
+                        progress.update(bar, status=f"loss {record['total']:.4f}")
                     run.step += 1
-                    progress.update(bar, advance=1, status=f"loss {losses['total']:.4f}")
-                train_loss = loss_sum / max(1, batches)
+                    progress.update(bar, advance=1)
+                    if time.perf_counter() >= next_draw:
+                        progress.refresh()
+                        next_draw = time.perf_counter() + BAR_REDRAW_S
+                watch.check(run.stage)
+                train_loss = float(loss_sum) / max(1, batches)
                 if not _validates(epoch, epochs, cfg["train"]["eval_every"], run.stop_requested):
                     record = {"stage": stage.label, "split": "epoch", "epoch": epoch, "step": run.step}
                     record["train_loss"] = train_loss
@@ -762,10 +774,12 @@ def _train_stage(
                 if _better(task, value, best):
                     best, best_epoch = value, epoch
                     if run.dist.is_main:
-                        save_checkpoint(best_path, state)
-                console.print(
-                    f"\\[{escape(stage.label)}] epoch {epoch + 1}/{epochs}  "
-                    f"train loss {record['train_loss']:.4f}  val {task.main_metric} {value:.4f}"
+                        atomic_copy(last_path, best_path)  # the same bytes: a hard link, not a 2nd write
+                console.print(  # plain text: no markup or highlighting to parse, every epoch
+                    f"[{stage.label}] epoch {epoch + 1}/{epochs}  "
+                    f"train loss {record['train_loss']:.4f}  val {task.main_metric} {value:.4f}",
+                    markup=False,
+                    highlight=False,
                 )
                 save_epoch(ended=run.stop_requested or epoch == epochs - 1)
                 if run.stop_requested:
@@ -827,7 +841,7 @@ def _stage_state(
         "epoch": run.epoch,
         "step": run.step,
         "stop_requested": run.stop_requested,
-        "signals": dict(run.signals),
+        "signals": _floats(run.signals),
         **bookkeeping,
         "run_seconds": time.perf_counter() - run.started_at,
         "metrics_bytes": run.log.size(),
@@ -886,14 +900,17 @@ def _train_step(
     window: int = 1,
     last_in_window: bool = True,
     cached: tuple[TeacherCache, torch.Tensor] | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | torch.Tensor]:
     """One batch: forward, losses, backward of ``total / window``; the optimiser steps on the last batch
     of each accumulation window (``train.accumulate`` batches; fewer at the end of an epoch). With
-    ``cached`` (the cache and the batch's item indices) the teacher runs only for items not cached yet."""
+    ``cached`` (the cache and the batch's item indices) the teacher runs only for items not cached yet.
+
+    Returns the step's losses as detached 0-dim tensors (and the temperature and alpha): nothing here
+    waits for the device; the stage reads them at its log points."""
     task = run.task
     run.pm.hook.kd_step_start(run=run, step=run.step, batch=batch)
     inputs, targets = task.split_batch(batch)
-    logged: dict[str, float] = {}
+    logged: dict[str, float | torch.Tensor] = {}
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp):
         outputs = model(inputs)
         supervised = task.supervised_loss(outputs, targets)
@@ -920,19 +937,17 @@ def _train_step(
                     f"a kd_distill_loss term is named {sorted(clash)[0]!r}, a name kdcore logs itself "
                     f"({', '.join(sorted(RESERVED_LOG_KEYS))}); rename it"
                 )
-            logged = {name: _scalar(value) for name, value in terms.items()}
+            logged = {name: _detached(value) for name, value in terms.items()}
             agreement = _agreement(outputs, teacher_outputs)
             if agreement is not None:
                 run.signals["agreement"] = agreement
-            run.signals["loss_ratio"] = _scalar(distill) / max(_scalar(supervised), 1e-12)
-            logged.update(temperature=_scalar(run.temperature), alpha=run.alpha, signals=dict(run.signals))
+            ratio = torch.as_tensor(_detached(distill)) / torch.as_tensor(_detached(supervised)).clamp_min(
+                1e-12
+            )
+            run.signals["loss_ratio"] = ratio
+            logged.update(temperature=_detached(run.temperature), alpha=run.alpha)
         else:
             total = supervised
-    if not torch.isfinite(total):
-        raise FloatingPointError(
-            f"stage {run.stage!r} step {run.step}: the loss is {_scalar(total)}; lower the learning rate "
-            f"({run.stage} lr) or check the data"
-        )
     scaler.scale(total / window).backward()
     if last_in_window:
         clip = run.config["train"]["grad_clip"]
@@ -942,7 +957,7 @@ def _train_step(
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-    losses = {"total": _scalar(total), "supervised": _scalar(supervised), **logged}
+    losses = {"total": _detached(total), "supervised": _detached(supervised), **logged}
     run.pm.hook.kd_step_end(run=run, step=run.step, losses=losses)
     return losses
 
@@ -956,6 +971,41 @@ def _window(index: int, batches: int, accumulate: int) -> tuple[int, bool]:
 
 def _scalar(value: float | torch.Tensor) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _detached(value: float | torch.Tensor) -> float | torch.Tensor:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """``values`` as plain floats (a host sync per tensor: for log points and checkpoints only)."""
+    return {name: _scalar(value) for name, value in values.items()}
+
+
+class LossWatch:
+    """The first step of a stage whose total loss was not finite, kept on the device.
+
+    ``update`` costs a few device operations and no host sync; ``check``, at log points and at the end
+    of every epoch (before validation and checkpoints), reads it and raises naming that step and value.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def update(self, total: torch.Tensor, step: int) -> None:
+        total = total.detach().float()
+        first = ~torch.isfinite(total) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, total, self.value)
+
+    def check(self, stage: str) -> None:
+        step = int(self.step)
+        if step >= 0:
+            raise FloatingPointError(
+                f"stage {stage!r} step {step}: the loss is {float(self.value)}; lower the learning rate "
+                f"({stage} lr) or check the data"
+            )
 
 
 def _term_weight(schedules: Mapping[str, Schedule], name: str, run: DistillRun) -> float | torch.Tensor:

@@ -118,9 +118,12 @@ def kd_step_start(run, step, batch):
 
 @hookspec
 def kd_step_end(run, step, losses):
-    """Called after the optimiser step with the step's ``losses``: a dict of floats (named terms, "total").
+    """Called after the optimiser step with the step's ``losses``: named terms, "total", "supervised",
+    and in distilled stages "temperature" and "alpha".
 
-    Return value ignored.
+    The losses are detached 0-dim tensors, still on the device: ``float(losses["total"])`` reads one but
+    waits for the device (on a GPU, a sync every step); the engine itself reads them only every
+    ``train.log_every`` steps. Return value ignored.
     """
 
 
