@@ -76,3 +76,21 @@ def timing_registry(clock: StageClock) -> Registry:
         setattr(module, hook.__name__, hook)
     sys.modules["kd_bench_timing"] = module
     return Registry(builtins=(*DEFAULT_PLUGINS, "kd_bench_timing"), load_entry_points=False)
+
+
+@torch.inference_mode()
+def interleaved_latency(
+    models: dict[str, tuple[torch.nn.Module, torch.Tensor]], rounds: int = 10, calls: int = 5
+) -> dict[str, float]:
+    """Median seconds of one forward pass of each model on its input, over ``rounds`` interleaved rounds
+    (every model once per round, after a warm-up pass each) of ``calls`` passes each."""
+    for model, batch in models.values():
+        model.eval()(batch)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, (model, batch) in models.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                model(batch)
+            times[name].append((time.perf_counter() - started) / calls)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}

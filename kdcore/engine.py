@@ -714,6 +714,8 @@ def _train_stage(
         with progress:
             bar = progress.add_task(stage.label, total=run.total_steps, completed=run.step, status="")
             watch = LossWatch(device)
+            # agreement and loss_ratio: every step for a schedule that reads signals, else at log points
+            signals_every_step = any(getattr(s, "reads_signals", True) for s in schedules.values())
             for epoch in range(first_epoch, epochs):
                 run.epoch = epoch
                 if hasattr(train_loader.sampler, "set_epoch"):
@@ -730,11 +732,15 @@ def _train_stage(
                         items, batch = batch
                         cached = (cache, items)
                     batch = to_device(batch, device)
-                    losses = _train_step(run, trained, optimizer, scaler, schedules, batch, *window, cached)
+                    logs = run.step % cfg["train"]["log_every"] == 0
+                    signals = signals_every_step or logs
+                    losses = _train_step(
+                        run, trained, optimizer, scaler, schedules, batch, *window, cached, signals
+                    )
                     watch.update(losses["total"], run.step)
                     loss_sum = loss_sum + losses["total"]
                     batches += 1
-                    if run.step % cfg["train"]["log_every"] == 0:  # the only per-step host syncs
+                    if logs:  # the only host syncs of the loop
                         watch.check(run.stage)
                         record = {"stage": stage.label, "split": "train", "epoch": epoch, "step": run.step}
                         record.update(lr=lr, **_floats(losses))
@@ -900,13 +906,15 @@ def _train_step(
     window: int = 1,
     last_in_window: bool = True,
     cached: tuple[TeacherCache, torch.Tensor] | None = None,
+    signals: bool = True,
 ) -> dict[str, float | torch.Tensor]:
     """One batch: forward, losses, backward of ``total / window``; the optimiser steps on the last batch
     of each accumulation window (``train.accumulate`` batches; fewer at the end of an epoch). With
     ``cached`` (the cache and the batch's item indices) the teacher runs only for items not cached yet.
 
-    Returns the step's losses as detached 0-dim tensors (and the temperature and alpha): nothing here
-    waits for the device; the stage reads them at its log points."""
+    ``signals``: compute this step's ``agreement`` and ``loss_ratio`` signals. Returns the step's losses as
+    detached 0-dim tensors (and the temperature and alpha): nothing here waits for the device; the stage
+    reads them at its log points."""
     task = run.task
     run.pm.hook.kd_step_start(run=run, step=run.step, batch=batch)
     inputs, targets = task.split_batch(batch)
@@ -938,13 +946,12 @@ def _train_step(
                     f"({', '.join(sorted(RESERVED_LOG_KEYS))}); rename it"
                 )
             logged = {name: _detached(value) for name, value in terms.items()}
-            agreement = _agreement(outputs, teacher_outputs)
-            if agreement is not None:
-                run.signals["agreement"] = agreement
-            ratio = torch.as_tensor(_detached(distill)) / torch.as_tensor(_detached(supervised)).clamp_min(
-                1e-12
-            )
-            run.signals["loss_ratio"] = ratio
+            if signals:
+                agreement = _agreement(outputs, teacher_outputs)
+                if agreement is not None:
+                    run.signals["agreement"] = agreement
+                floor = torch.as_tensor(_detached(supervised)).clamp_min(1e-12)
+                run.signals["loss_ratio"] = torch.as_tensor(_detached(distill)) / floor
             logged.update(temperature=_detached(run.temperature), alpha=run.alpha)
         else:
             total = supervised
@@ -985,15 +992,23 @@ def _floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
 class LossWatch:
     """The first step of a stage whose total loss was not finite, kept on the device.
 
-    ``update`` costs a few device operations and no host sync; ``check``, at log points and at the end
-    of every epoch (before validation and checkpoints), reads it and raises naming that step and value.
+    ``update`` costs a few device operations and no host sync (on a CPU, where reading a value is free,
+    it reads the loss at once); ``check``, at log points and at the end of every epoch (before validation
+    and checkpoints), raises naming that step and value.
     """
 
     def __init__(self, device: torch.device) -> None:
+        self.on_host = device.type == "cpu"  # reading a CPU value costs nothing: check at once
         self.step = torch.full((), -1, dtype=torch.long, device=device)
         self.value = torch.zeros((), device=device)
 
     def update(self, total: torch.Tensor, step: int) -> None:
+        if self.on_host:
+            value = float(total)
+            if not math.isfinite(value) and int(self.step) < 0:
+                self.step.fill_(step)
+                self.value.fill_(value)
+            return
         total = total.detach().float()
         first = ~torch.isfinite(total) & (self.step < 0)
         self.step = torch.where(first, step, self.step)

@@ -94,6 +94,10 @@ class Schedule:
     """
 
     name: ClassVar[str]
+    #: Whether ``__call__`` reads ``signals``. The engine computes its per-step signals (``agreement``,
+    #: ``loss_ratio``) on every step only when a schedule of the run reads them, else at log points. True
+    #: unless a subclass says otherwise; the built-in schedules of progress alone set False.
+    reads_signals: ClassVar[bool] = True
 
     def __call__(self, progress: float, signals: Mapping[str, float] | None = None) -> float | torch.Tensor:
         """Return the value at ``progress`` (clamped to ``[0, 1]``) given optional ``signals``."""
@@ -133,6 +137,7 @@ class Constant(Schedule):
     """
 
     name = "constant"
+    reads_signals = False
 
     def __init__(self, value: float) -> None:
         self.value = _finite(value, "value")
@@ -153,6 +158,7 @@ class Linear(Schedule):
     """
 
     name = "linear"
+    reads_signals = False
 
     def __init__(self, start: float, end: float) -> None:
         self.start = _finite(start, "start")
@@ -174,6 +180,7 @@ class Cosine(Schedule):
     """
 
     name = "cosine"
+    reads_signals = False
 
     def __init__(self, start: float, end: float) -> None:
         self.start = _finite(start, "start")
@@ -197,6 +204,7 @@ class Exponential(Schedule):
     """
 
     name = "exponential"
+    reads_signals = False
 
     def __init__(self, start: float, end: float) -> None:
         self.start = _finite(start, "start")
@@ -225,6 +233,7 @@ class Step(Schedule):
     """
 
     name = "step"
+    reads_signals = False
 
     def __init__(self, values: list[float], boundaries: list[float]) -> None:
         self.values = [_finite(v, f"values[{i}]") for i, v in enumerate(values)]
@@ -255,6 +264,7 @@ class Piecewise(Schedule):
     """
 
     name = "piecewise"
+    reads_signals = False
 
     def __init__(self, points: list[list[float]]) -> None:
         if not isinstance(points, (list, tuple)) or not points:
@@ -302,6 +312,7 @@ class AnnealToOne(Schedule):
     """
 
     name = "anneal_to_one"
+    reads_signals = False
     shapes: ClassVar[tuple[str, ...]] = ("linear", "cosine", "exponential")
 
     def __init__(self, start: float, end_fraction: float = 1.0, shape: AnnealShape = "linear") -> None:
@@ -447,6 +458,7 @@ class Learnable(Schedule):
     """
 
     name = "learnable"
+    reads_signals = False
 
     def __init__(
         self, initial: float = 4.0, min_value: float = 1.0, max_value: float = 20.0, reversal: float = 1.0
