@@ -180,9 +180,10 @@ class DistillRun:
         step, total_steps, epoch: position in the stage; ``progress`` is ``step / total_steps``.
         temperature, alpha: the values used at the current step.
         signals: named values schedules may read ("agreement", "val_metric", "loss_ratio", plugins' own):
-            floats, or 0-dim tensors that stay on the device until read (the engine's per-step
-            "agreement" and "loss_ratio": ``float()`` one to read it, which waits for the device);
-            logged as floats with every training record and drawn in ``report/signals.png``.
+            floats, or 0-dim tensors that stay on the device until read (the engine's "agreement" and
+            "loss_ratio", updated at log points and on every step when a schedule reads signals:
+            ``float()`` one to read it, which waits for the device); logged as floats with every
+            training record and drawn in ``report/signals.png``.
         amp_dtype: the autocast dtype of forward passes (``train.amp`` and ``train.amp_dtype``), or None
             for full precision; ``amp`` says whether there is one, ``grad_scaling`` whether float16 needs
             a gradient scaler (a plugin training its own model in the step uses the same).
