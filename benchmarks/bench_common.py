@@ -8,6 +8,7 @@ import platform
 import sys
 import time
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -94,3 +95,13 @@ def interleaved_latency(
                 model(batch)
             times[name].append((time.perf_counter() - started) / calls)
     return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
+def load_teacher(task: Any, config: Mapping[str, Any], path: str, device: torch.device) -> torch.nn.Module:
+    """The teacher checkpoint at ``path`` rebuilt with ``task.build_model``, on ``device``, in eval mode."""
+    from kdcore.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    teacher = task.build_model(state["arch"], state["data_info"], config)
+    teacher.load_state_dict(state["model"])
+    return teacher.to(device).eval()

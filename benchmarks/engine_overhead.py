@@ -35,13 +35,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_common import StageClock, environment, timing_registry, write_result
+from bench_common import StageClock, environment, load_teacher, timing_registry, write_result
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdcore.checkpoint import load_checkpoint
 from kdcore.config import resolve
 from kdcore.engine import fit, select_device
 from kdcore.tasks import Task
@@ -75,10 +74,7 @@ def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Pa
     """Train the KD student with a hand-written loop; return its steps per second and final accuracy."""
     device = select_device(config["device"])
     data = task.build_data(config)
-    teacher_state = load_checkpoint(teacher_path)
-    teacher = task.build_model(teacher_state["arch"], teacher_state["data_info"], config)
-    teacher.load_state_dict(teacher_state["model"])
-    teacher.to(device).eval()
+    teacher = load_teacher(task, config, teacher_path, device)
     torch.manual_seed(config["seed"])
     student = task.build_model(config["student"]["arch"], data.info, config).to(device)
     generator = torch.Generator().manual_seed(config["seed"])

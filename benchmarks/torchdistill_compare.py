@@ -50,12 +50,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import StageClock, environment, timing_registry, write_result
+from bench_common import StageClock, environment, load_teacher, timing_registry, write_result
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from kdcore.checkpoint import load_checkpoint
 from kdcore.config import resolve
 from kdcore.engine import fit, select_device
 from kdcore.losses import hard_label_ce, soft_target_kl
@@ -150,10 +149,7 @@ def torchdistill_run(task: Task, config: dict[str, Any], teacher_path: str, out:
     """The same student trained by torchdistill's distillation box, in its example's loop."""
     device = select_device(config["device"])
     data = task.build_data(config)
-    state = load_checkpoint(teacher_path)
-    teacher = task.build_model(state["arch"], state["data_info"], config)
-    teacher.load_state_dict(state["model"])
-    teacher.to(device).eval()  # the box never sets the teacher's mode
+    teacher = load_teacher(task, config, teacher_path, device)  # eval mode: the box never sets it
     set_seed(config["seed"])  # as kdcore reseeds before it builds a stage's model
     student = task.build_model(config["student"]["arch"], data.info, config).to(device)
     generator = torch.Generator().manual_seed(config["seed"])

@@ -51,30 +51,8 @@ def dedup() -> None:
 @click.option("--entity-column", default="", help="A ground-truth entity column, to print metrics.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files (never an input).")
 @click.option("--device", default="auto", show_default=True)
-def apply_command(
-    run_dir,
-    input_path,
-    output,
-    pairs_output,
-    checkpoint,
-    threshold,
-    id_column,
-    entity_column,
-    overwrite,
-    device,
-) -> None:
+def apply_command(**options) -> None:
     """Match and cluster the records of INPUT with the matcher of RUN_DIR."""
     from kd_dedup.apply import apply_run  # torch and pandas only when the command runs
 
-    apply_run(
-        run_dir,
-        input_path,
-        output,
-        pairs_output,
-        checkpoint,
-        threshold,
-        id_column,
-        entity_column,
-        overwrite,
-        device,
-    )
+    apply_run(**options)
