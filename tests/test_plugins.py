@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import sys
 import types
 from collections.abc import Callable
@@ -470,3 +471,17 @@ def test_with_plugins_extras_override_the_tasks_plugin(tmp_path, monkeypatch):
     for r in train:
         assert "bystander_kd" in r and "owner_kd" not in r and "kd" not in r
         assert r["total"] == pytest.approx(0.3 * r["supervised"] + 0.7 * r["bystander_kd"], rel=1e-5)
+
+
+def test_kd_plugins_check_runs_the_schedule_and_loss_registration(monkeypatch):
+    from click.testing import CliRunner
+
+    from kdcore.cli import cli
+
+    plugin_module(monkeypatch, "kdt_dup", *_broken_registrations("loss"))
+    monkeypatch.setattr("kdcore.cli.get_registry", lambda: registry_with("kdt_dup"))
+    listed = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).stdout)
+    assert {p["name"]: p["broken"] for p in listed}["kdt_dup"] is False  # listing registers tasks only
+    checked = json.loads(CliRunner().invoke(cli, ["plugins", "--json", "--check"]).stdout)
+    error = {p["name"]: p["error"] for p in checked}["kdt_dup"]
+    assert error.startswith("ValueError: loss 'soft_target_kl' is already registered")
