@@ -69,6 +69,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "grad_clip": 0.0,
         "accumulate": 1,
         "teacher_cache": False,
+        "compile": False,
     },
     "options": {},
     "variants": {},

@@ -564,6 +564,23 @@ def _teacher_cache(run: DistillRun) -> TeacherCache:
     return run.teacher_caches[label]
 
 
+def _compiled(
+    trained: nn.Module, teacher: nn.Module | None, hint_specs: list
+) -> tuple[nn.Module, nn.Module | None]:
+    """``train.compile``: the training forward of the student, and the teacher's, through ``torch.compile``.
+
+    The stage keeps the plain student for validation and checkpoints (their keys do not change). The
+    first steps pay the compilation (tens of seconds on a CPU); it pays on a GPU with a model big enough
+    to be bound by kernel launches, rarely on a CPU (BENCHMARKS.md).
+    """
+    if hint_specs and teacher is not None:
+        raise ValueError(
+            "train.compile cannot be used with distill.hints: feature hints capture activations with "
+            "forward hooks inside the compiled graphs; set train.compile = false or remove the hints"
+        )
+    return torch.compile(trained), None if teacher is None else torch.compile(teacher)
+
+
 def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[DataLoader, DataLoader]:
     """The stage's training loader (shuffled by the run seed; ``(indices, batch)`` when ``indexed``) and
     validation loader, over the teacher's own data for a teacher stage that has it."""
@@ -657,6 +674,8 @@ def _train_stage(
     train_loader, val_loader = _loaders(run, stage, indexed=cache is not None)
     model = _build_model(run, stage)
     trained = distributed.wrap(model, run.dist)  # DistributedDataParallel under torchrun; the model else
+    if cfg["train"]["compile"]:
+        trained, teacher = _compiled(trained, teacher, hint_specs)
     run.stage, run.student, run.teacher, run.hints = stage.name, model, teacher, None
     run.step, run.epoch, run.stop_requested = 0, 0, False
     run.signals.clear()

@@ -310,3 +310,45 @@ def test_the_closing_table_gives_a_gain_only_to_students_of_the_baseline_archite
     assert "+0.0500" in rows["chain/student"]
     assert "+0.1000" not in rows["chain/assistant1"] and "+" not in rows["chain/assistant1"]
     assert "dice: best and final by stage" in console.file.getvalue()
+
+
+class _Compiled(torch.nn.Module):
+    """What ``torch.compile`` returns, without compiling: the module under ``_orig_mod``."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = module
+
+    def forward(self, *args):
+        return self._orig_mod(*args)
+
+
+def test_train_compile_compiles_the_training_forwards_and_keeps_plain_checkpoints(tmp_path, monkeypatch):
+    compiled: list[type] = []
+
+    def fake_compile(module):
+        compiled.append(type(module._orig_mod if isinstance(module, _Compiled) else module))
+        return _Compiled(module)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = fit(
+        tiny_config(tmp_path, "train.compile=true"), Registry(load_entry_points=False), console=QUIET
+    )
+    names = [kind.__name__ for kind in compiled]
+    assert names == [
+        "SmallCNN",
+        "Sequential",
+        "SmallCNN",
+        "Sequential",
+    ]  # teacher; student + its teacher; baseline
+    state = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state["model"])
+    assert result.summary["stages"]["student"]["best_metric"] > 0.3  # it learnt (chance is 0.1)
+    with pytest.raises(ValueError, match=r"train\.compile cannot be used with distill\.hints"):
+        hinted = tiny_config(
+            tmp_path / "h",
+            "train.compile=true",
+            'student.arch="cnn_small"',
+            'distill.hints=[{student="features.2", teacher="features.2"}]',
+        )
+        fit(hinted, Registry(load_entry_points=False), console=QUIET)
