@@ -56,11 +56,11 @@ from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
 from kdcore.teacher_cache import IndexedDataset, TeacherCache, indexed_collate, refusal
 
-#: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
 #: Seconds between two redraws of the progress bar. rich's own refresh thread (10 a second) competes
 #: with the training loop for the CPU and the GIL; the loop redraws it itself, at most this often.
 BAR_REDRAW_S = 0.5
 
+#: Keys of a training record that kdcore writes itself; loss terms may not reuse them.
 RESERVED_LOG_KEYS = frozenset({"total", "supervised", "temperature", "alpha", "signals", "lr"})
 
 #: Where :meth:`DistillRun.publish_info` keeps what stages published, in the run directory.
