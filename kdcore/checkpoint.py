@@ -89,6 +89,48 @@ def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
+def write_once(
+    root: str | os.PathLike, write: Callable[[Path], None], complete: Callable[[Path], bool], what: str
+) -> Path:
+    """A generated data set folder, written at most once and never half: how plugins write their
+    embedded defaults under ``data_home()``.
+
+    ``root`` is returned untouched when ``complete(root)`` says it already holds the set. Otherwise
+    ``write(staging)`` fills a sibling staging folder, renamed to ``root`` at the end; when another
+    process published a complete ``root`` meanwhile, that one is kept. An interruption leaves no staging
+    folder and no partial ``root``.
+
+    Raises:
+        FileExistsError: ``root`` exists and is neither complete nor an empty folder; the message says
+            it is not ``what`` (e.g. "a complete synthetic set written with these arguments"). Nothing
+            is touched.
+    """
+    root = Path(root)
+    if root.exists() or root.is_symlink():
+        if complete(root):
+            return root
+        if not root.is_dir() or any(root.iterdir()):
+            raise FileExistsError(
+                f"{root} already exists and is not an empty folder or {what}; refusing to overwrite it "
+                "(choose another folder or remove it)"
+            )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    staging.mkdir()  # with the process umask, like any folder
+    try:
+        write(staging)
+        try:
+            os.replace(staging, root)  # root is missing or an empty folder
+        except OSError:
+            if not complete(root):  # another process may have written the same set meanwhile
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -16,6 +16,7 @@ from kdcore.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
+    write_once,
 )
 
 
@@ -81,3 +82,44 @@ def test_an_atomic_directory_appears_whole_or_not_at_all(tmp_path):
     ):
         pass
     assert [p.name for p in (tmp_path / "tree").iterdir()] == ["a.txt"]
+
+
+def test_write_once_builds_a_data_set_folder_once_and_never_half(tmp_path):
+    root = tmp_path / "data" / "set"
+    complete = lambda folder: (folder / "done.txt").is_file()  # noqa: E731
+    calls = []
+
+    def write(staging):
+        calls.append(staging)
+        (staging / "done.txt").write_text("ok")
+
+    assert write_once(root, write, complete, "a test set") == root
+    assert (root / "done.txt").read_text() == "ok" and len(calls) == 1
+    assert write_once(root, write, complete, "a test set") == root and len(calls) == 1  # reused
+
+    def interrupted(staging):
+        (staging / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    other = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        write_once(other, interrupted, complete, "a test set")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no root, no staging left
+
+    def raced(staging):  # another process publishes a complete set while this one writes
+        write(staging)
+        other.mkdir()
+        (other / "done.txt").write_text("theirs")
+
+    assert write_once(other, raced, complete, "a test set") == other
+    assert (other / "done.txt").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "other"]
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "mine.jpg").write_bytes(b"user data")
+    with pytest.raises(
+        FileExistsError, match=r"photos already exists and is not an empty folder or a test set"
+    ):
+        write_once(foreign, write, complete, "a test set")
+    assert [p.name for p in foreign.iterdir()] == ["mine.jpg"]

@@ -83,15 +83,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from kdcore.checkpoint import write_once
 
 __all__ = ["README_NAME", "SYNTHETIC_VERSION", "write_synthetic_market"]
 
@@ -194,31 +193,13 @@ def write_synthetic_market(
         num_junk=num_junk,
         seed=seed,
     )
-    root = Path(root)
-    if root.exists() or root.is_symlink():
-        if _is_complete(root, params):
-            return root
-        if not root.is_dir() or any(root.iterdir()):
-            raise FileExistsError(
-                f"{root} already exists and is not an empty folder or a complete synthetic set written with "
-                "these arguments; refusing to overwrite it (choose another folder or remove it)"
-            )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-    staging.mkdir()  # with the process umask, like any folder
-    try:
+
+    def write(staging: Path) -> None:
         counts = _generate(staging, params)
         (staging / README_NAME).write_text(_readme(params, counts), encoding="utf-8")
-        try:
-            os.replace(staging, root)  # root is missing or an empty folder
-        except OSError:
-            if not _is_complete(root, params):  # another process may have written the same set meanwhile
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+
+    what = "a complete synthetic set written with these arguments"
+    return write_once(root, write, lambda folder: _is_complete(folder, params), what)
 
 
 # ------------------------------------------------------------------------------------------ parameters

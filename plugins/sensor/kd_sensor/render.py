@@ -63,12 +63,12 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from kdcore.checkpoint import write_once
 
 __all__ = [
     "MARKER_NAME",
@@ -326,34 +326,18 @@ def write_default_set(root: str | os.PathLike, seed: int = 0, test_fraction: flo
     """
     _check_seed(seed)
     _check_fraction(test_fraction)
-    root = Path(root)
-    if root.exists() or root.is_symlink():
-        if is_complete(root, seed, test_fraction):
-            return root
-        if not root.is_dir() or any(root.iterdir()):
-            raise FileExistsError(
-                f"{root} already exists and is not an empty folder or a complete default set "
-                f"(render version {RENDER_VERSION}, seed {seed}, test fraction {test_fraction}: no matching "
-                f"{MARKER_NAME} marker); refusing to overwrite it (choose another folder or remove it)"
-            )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-    staging.mkdir()
-    try:
+
+    def write(staging: Path) -> None:
         counts = _write_files(staging, seed, test_fraction)
         (staging / README_NAME).write_text(_readme(seed, test_fraction, counts), encoding="utf-8")
         marker = {**_identity(seed, test_fraction), "counts": counts}
         (staging / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            os.replace(staging, root)  # root is missing or an empty folder
-        except OSError:
-            if not is_complete(root, seed, test_fraction):  # another process may have written it meanwhile
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+
+    what = (
+        f"a complete default set (render version {RENDER_VERSION}, seed {seed}, test fraction "
+        f"{test_fraction}: no matching {MARKER_NAME} marker)"
+    )
+    return write_once(root, write, lambda folder: is_complete(folder, seed, test_fraction), what)
 
 
 def _write_files(folder: Path, seed: int, test_fraction: float) -> dict[str, dict[str, int]]:
