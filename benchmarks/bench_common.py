@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -79,22 +80,22 @@ def timing_registry(clock: StageClock) -> Registry:
     return Registry(builtins=(*DEFAULT_PLUGINS, "kd_bench_timing"), load_entry_points=False)
 
 
-@torch.inference_mode()
-def interleaved_latency(
-    models: dict[str, tuple[torch.nn.Module, torch.Tensor]], rounds: int = 10, calls: int = 5
+def interleaved_seconds(
+    runs: Mapping[str, Callable[[], object]], rounds: int = 10, calls: int = 1
 ) -> dict[str, float]:
-    """Median seconds of one forward pass of each model on its input, over ``rounds`` interleaved rounds
-    (every model once per round, after a warm-up pass each) of ``calls`` passes each."""
-    for model, batch in models.values():
-        model.eval()(batch)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    """Median seconds of one call of each function, over ``rounds`` interleaved rounds (every function
+    ``calls`` times per round, after one warm-up call each): side-by-side timings where a slow moment of
+    the machine hits every contender. Wrap the call in ``torch.inference_mode()`` for inference."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, (model, batch) in models.items():
+        for name, run in runs.items():
             started = time.perf_counter()
             for _ in range(calls):
-                model(batch)
+                run()
             times[name].append((time.perf_counter() - started) / calls)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def load_teacher(task: Any, config: Mapping[str, Any], path: str, device: torch.device) -> torch.nn.Module:

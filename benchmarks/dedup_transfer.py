@@ -33,12 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from bench_common import environment, write_result
+from bench_common import environment, interleaved_seconds, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -51,7 +52,7 @@ from kd_dedup.model import build_model, encode_table, score_pairs
 from kd_dedup.tables import RecordTable, load_table
 from kdcore.checkpoint import load_checkpoint
 from kdcore.config import resolve
-from kdcore.engine import fit
+from kdcore.engine import count_parameters, fit
 
 TARGETS = ("febrl4", "febrl2")
 PARTS = ("quality", "speed", "scaling")
@@ -114,27 +115,19 @@ def throughput(checkpoint: str, student_checkpoint: str, repeats: int) -> list[d
         with torch.no_grad():
             return [model(codes[pairs[i : i + 1024]]) for i in range(0, len(pairs), 1024)]
 
-    times: dict[tuple[str, str], list[float]] = {}
-    for way, run in (("over table", over_table), ("pair by pair", pair_by_pair)):
-        for name in models:
-            run(models[name])  # warm-up
-        for _ in range(repeats):
-            for name, model in models.items():
-                started = time.perf_counter()
-                run(model)
-                times.setdefault((way, name), []).append(time.perf_counter() - started)
     out = []
-    for (way, name), seconds in times.items():
-        params = sum(p.numel() for p in models[name].parameters())
-        out.append(
-            {
-                "way": way,
-                "model": name,
-                "parameters": params,
-                "pairs": len(pairs),
-                "pairs_per_second": len(pairs) / statistics.median(seconds),
-            }
-        )
+    for way, run in (("over table", over_table), ("pair by pair", pair_by_pair)):
+        seconds = interleaved_seconds({name: partial(run, model) for name, model in models.items()}, repeats)
+        for name, model in models.items():
+            out.append(
+                {
+                    "way": way,
+                    "model": name,
+                    "parameters": count_parameters(model),
+                    "pairs": len(pairs),
+                    "pairs_per_second": len(pairs) / seconds[name],
+                }
+            )
     return out
 
 

@@ -25,10 +25,11 @@ import json
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from bench_common import environment, write_result
+from bench_common import environment, interleaved_seconds, write_result
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
@@ -118,23 +119,17 @@ def speed(args: argparse.Namespace, config: dict) -> list[dict]:
     models = {name: build_model(name, info, config).eval() for name in names}
     volume = torch.rand(1, 1, *args.volume)
     options = config["options"]
-    times: dict[str, list[float]] = {name: [] for name in names}
+    runs = {name: partial(sliding_window_logits, models[name], volume, options) for name in names}
     with torch.inference_mode():
-        for name in names:  # warm-up
-            sliding_window_logits(models[name], volume, options)
-        for _ in range(args.repeats):
-            for name in names:
-                started = time.perf_counter()
-                sliding_window_logits(models[name], volume, options)
-                times[name].append(time.perf_counter() - started)
-    student = statistics.median(times[config["student"]["arch"]])
+        seconds = interleaved_seconds(runs, args.repeats)
+    student = seconds[config["student"]["arch"]]
     return [
         {
             "arch": name,
             "parameters": count_parameters(models[name]),
             "gflops_per_case": gflops(models[name], volume, options),
-            "seconds_per_case": statistics.median(times[name]),
-            "times_student": statistics.median(times[name]) / student,
+            "seconds_per_case": seconds[name],
+            "times_student": seconds[name] / student,
         }
         for name in names
     ]

@@ -25,17 +25,18 @@ import json
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from bench_common import environment, write_result
+from bench_common import environment, interleaved_seconds, write_result
 from rich.console import Console
 from rich.table import Table
 
 from kd_reid.models import build_model
 from kd_reid.search_space import Genotype
 from kdcore.config import resolve
-from kdcore.engine import fit
+from kdcore.engine import count_parameters, fit
 from kdcore.plugins import get_registry
 from kdcore.report import read_metrics
 
@@ -107,24 +108,18 @@ def speed(args: argparse.Namespace, config: dict, genotype: Genotype) -> list[di
     rows = []
     for batch in (1, 64):
         images = torch.randn(batch, 3, int(options["height"]), int(options["width"]))
-        times: dict[str, list[float]] = {name: [] for name in names}
         with torch.inference_mode():
-            for name in names:
-                models[name](images)
-            for _ in range(args.repeats):
-                for name in names:
-                    started = time.perf_counter()
-                    models[name](images)
-                    times[name].append((time.perf_counter() - started) / batch)
-        student = statistics.median(times["kdas"])
+            seconds = interleaved_seconds(
+                {name: partial(models[name], images) for name in names}, args.repeats
+            )
         for name in names:
             rows.append(
                 {
                     "arch": name,
                     "batch": batch,
-                    "parameters": sum(p.numel() for p in models[name].parameters()),
-                    "ms_per_image": 1000 * statistics.median(times[name]),
-                    "times_student": statistics.median(times[name]) / student,
+                    "parameters": count_parameters(models[name]),
+                    "ms_per_image": 1000 * seconds[name] / batch,
+                    "times_student": seconds[name] / seconds["kdas"],
                 }
             )
     return rows

@@ -13,13 +13,15 @@ Prints a table and writes benchmarks/results/sensor_latency.json.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
-from bench_common import environment, interleaved_latency, write_result
+from bench_common import environment, interleaved_seconds, write_result
 from rich.console import Console
 from rich.table import Table
 
 from kd_sensor.models import build_model
+from kdcore.engine import count_parameters
 
 SENSORS = {
     "teacher (cnn_large, old sensor)": ("cnn_large", 3, 32),
@@ -37,15 +39,16 @@ def main() -> None:
     torch.manual_seed(0)
     rows = {}
     for batch in (1, 256):
-        models = {}
+        models, runs = {}, {}
         for name, (arch, channels, size) in SENSORS.items():
-            model = build_model(arch, {"in_channels": channels, "num_classes": 10}, {})
-            models[name] = (model, torch.rand(batch, channels, size, size))
-        for name, seconds in interleaved_latency(models, rounds=args.rounds).items():
-            parameters = sum(p.numel() for p in models[name][0].parameters())
-            rows.setdefault(name, {"parameters": parameters})[f"ms_per_image_batch{batch}"] = (
-                1000 * seconds / batch
-            )
+            model = build_model(arch, {"in_channels": channels, "num_classes": 10}, {}).eval()
+            models[name] = model
+            runs[name] = partial(model, torch.rand(batch, channels, size, size))
+        with torch.inference_mode():
+            seconds = interleaved_seconds(runs, rounds=args.rounds, calls=5)
+        for name, model in models.items():
+            row = rows.setdefault(name, {"parameters": count_parameters(model)})
+            row[f"ms_per_image_batch{batch}"] = 1000 * seconds[name] / batch
     table = Table(title="sensor models at inference, this CPU (median of interleaved rounds)")
     for column in ("model", "parameters", "batch 1: ms / image", "batch 256: ms / image"):
         table.add_column(column, justify="right")
