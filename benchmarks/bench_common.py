@@ -37,16 +37,29 @@ def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op CPU threads (None: torch's default). One thread gives the steadiest
+    figures on a shared machine; CPU seconds then measure the work itself."""
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class StageClock:
-    """Seconds of every epoch (``(stage, epoch, seconds)``) and of every stage, recorded by hooks."""
+    """Seconds of every epoch (``(stage, epoch, seconds)``) and of every stage, recorded by hooks: wall
+    seconds in ``stages`` and the process's CPU seconds in ``cpu`` (all threads; unlike wall time, not
+    lengthened by other processes on the machine)."""
 
     epochs: list[tuple[str, int, float]] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.epochs.clear()
         self.stages.clear()
+        self.cpu.clear()
 
     def epoch_seconds(self, stage: str) -> list[float]:
         return [seconds for name, _, seconds in self.epochs if name == stage]
@@ -54,17 +67,19 @@ class StageClock:
 
 def timing_registry(clock: StageClock) -> Registry:
     """kdcore's default registry plus a plugin ``kd_bench_timing`` that fills ``clock``: epoch times from
-    ``kd_epoch_start`` / ``kd_epoch_end``, stage times from ``kd_fit_start`` / ``kd_fit_end``."""
+    ``kd_epoch_start`` / ``kd_epoch_end``, stage wall and CPU times from ``kd_fit_start`` / ``kd_fit_end``."""
     module = types.ModuleType("kd_bench_timing")
     started: dict[tuple[str, str], float] = {}
 
     @hookimpl
     def kd_fit_start(run):
         started[run.stage, "stage"] = time.perf_counter()
+        started[run.stage, "cpu"] = time.process_time()
 
     @hookimpl
     def kd_fit_end(run, summary):
         clock.stages[run.stage] = time.perf_counter() - started[run.stage, "stage"]
+        clock.cpu[run.stage] = time.process_time() - started[run.stage, "cpu"]
 
     @hookimpl
     def kd_epoch_start(run, epoch):

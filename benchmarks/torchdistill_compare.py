@@ -27,9 +27,11 @@ sets the teacher's mode (kdcore does), and its example leaves it in train mode.
 After a warm-up run of each (not counted), every seed runs each side ``--rounds`` times, the order
 alternating (A B, B A, ...). Reported per seed: steps per second of each (median over rounds), their
 ratio kdcore / torchdistill (median over that seed's rounds), and the final student accuracy of each;
-then the median ratio over all rounds and the accuracy of each side over the seeds (mean, spread).
+then the median ratio over all rounds and the accuracy of each side over the seeds (mean, spread). The
+ratio is also given per CPU second of the process (``time.process_time``), which other processes on a
+shared machine do not lengthen; ``--threads 1`` makes it the steadiest figure.
 
-    .venv/bin/python benchmarks/torchdistill_compare.py [--seeds 3] [--epochs 10] [--rounds 2]
+    .venv/bin/python benchmarks/torchdistill_compare.py [--seeds 3] [--epochs 10] [--rounds 2] [--threads N]
         [--teacher-epochs 12] [--device auto|cpu|cuda]
 
 Needs torchdistill (``pip install -e '.[bench]'``). Prints a table and writes
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import StageClock, environment, load_teacher, timing_registry, write_result
+from bench_common import StageClock, environment, load_teacher, set_threads, timing_registry, write_result
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import RandomSampler, SequentialSampler
@@ -113,9 +115,15 @@ def kdcore_run(registry, config: dict[str, Any], clock: StageClock, steps: int) 
     clock.clear()
     console = Console(file=io.StringIO(), force_terminal=True, width=120)  # the bar is drawn
     result = fit(dict(config), registry, console=console)
-    seconds = clock.stages["student"]
+    seconds, cpu = clock.stages["student"], clock.cpu["student"]
     accuracy = result.summary["stages"]["student"]["final_metric"]
-    return {"steps_per_s": steps / seconds, "seconds": seconds, "steps": steps, "final_accuracy": accuracy}
+    return {
+        "steps_per_s": steps / seconds,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "steps": steps,
+        "final_accuracy": accuracy,
+    }
 
 
 def box_config(config: dict[str, Any], device: torch.device, generator: torch.Generator) -> dict[str, Any]:
@@ -157,7 +165,7 @@ def torchdistill_run(task: Task, config: dict[str, Any], teacher_path: str, out:
     train_config = box_config(config, device, generator)
     box = get_distillation_box(teacher, student, datasets, train_config, device, None, False, 1)
     best, steps, value = 0.0, 0, math.nan
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(box.num_epochs):
         box.pre_epoch_process(epoch=epoch)
         logger = MetricLogger(delimiter="  ")
@@ -175,17 +183,26 @@ def torchdistill_run(task: Task, config: dict[str, Any], teacher_path: str, out:
             best = value
             save_ckpt(student, box.optimizer, box.lr_scheduler, best, None, str(out / "best.pt"))
         box.post_epoch_process()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     box.clean_modules()
-    return {"steps_per_s": steps / seconds, "seconds": seconds, "steps": steps, "final_accuracy": value}
+    return {
+        "steps_per_s": steps / seconds,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "steps": steps,
+        "final_accuracy": value,
+    }
 
 
 def summarise(rows: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
     """Per seed: median steps/s of each side, their median ratio, mean final accuracy; then the median
     ratio over all rounds and each side's accuracy over the seeds."""
 
-    def speed_ratios(seed: int | None = None) -> list[float]:
+    def speed_ratios(seed: int | None = None, cpu: bool = False) -> list[float]:
+        """kdcore's throughput over torchdistill's, per round: by wall time, or by CPU seconds."""
         pairs = [[r for r in rows if r["side"] == side and seed in (None, r["seed"])] for side in SIDES]
+        if cpu:
+            return [t["cpu_seconds"] / k["cpu_seconds"] for k, t in zip(*pairs, strict=True)]
         return [k["steps_per_s"] / t["steps_per_s"] for k, t in zip(*pairs, strict=True)]
 
     per_seed = []
@@ -206,11 +223,13 @@ def summarise(rows: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
             "min": min(values),
             "max": max(values),
         }
-    ratios = speed_ratios()
+    ratios, cpu_ratios = speed_ratios(), speed_ratios(cpu=True)
     return {
         "per_seed": per_seed,
         "ratio_median": statistics.median(ratios),
         "ratios": ratios,
+        "cpu_ratio_median": statistics.median(cpu_ratios),
+        "cpu_ratios": cpu_ratios,
         "final_accuracy": accuracy,
     }
 
@@ -233,6 +252,11 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     print(
         f"kdcore / torchdistill steps per second: median {summary['ratio_median']:.3f} ({len(ratios)} rounds)"
     )
+    print(
+        f"kdcore / torchdistill steps per CPU second: median {summary['cpu_ratio_median']:.3f} (rounds: "
+        + ", ".join(f"{r:.3f}" for r in summary["cpu_ratios"])
+        + ")"
+    )
     for side, a in summary["final_accuracy"].items():
         print(
             f"{side} final accuracy over {len(summary['per_seed'])} seeds: mean {a['mean']:.4f}, "
@@ -249,8 +273,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="student epochs per run")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="default: the task's")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", default="benchmarks/results/torchdistill_compare.json")
     args = parser.parse_args()
+    set_threads(args.threads)
     if get_distillation_box is None:
         sys.exit("torchdistill is not installed; install the bench extra: pip install -e '.[bench]'")
 

@@ -710,12 +710,23 @@ def _train_stage(
         first_epoch = epochs if resume["ended"] else run.epoch + 1
         started -= seconds
 
-    def save_epoch(ended: bool) -> None:
-        if run.dist.active:  # no resume under torchrun yet
+    def save_epoch(ended: bool, metrics: Mapping[str, Any] | None = None, improved: bool = False) -> None:
+        """One write per epoch: the resume state, a checkpoint that ``kd eval`` also reads. After a
+        validation (``metrics``) ``last.pt`` and, when the metric ``improved``, ``best.pt`` become hard
+        links of those same bytes."""
+        if not run.dist.is_main:
             return
-        state = {"best": best, "best_epoch": best_epoch, "value": value, "ended": ended}
-        state["seconds"] = time.perf_counter() - started
-        save_resume_state(run.run_dir, _stage_state(run, stage, state, parts))
+        if run.dist.active:  # no resume under torchrun yet: only the checkpoints
+            if metrics is not None:
+                save_checkpoint(last_path, _checkpoint_payload(run, stage, model, optimizer, metrics))
+        else:
+            state = {"best": best, "best_epoch": best_epoch, "value": value, "ended": ended}
+            state["seconds"] = time.perf_counter() - started
+            saved = save_resume_state(run.run_dir, _stage_state(run, stage, state, parts, metrics or {}))
+            if metrics is not None:
+                atomic_copy(saved, last_path)
+        if improved:
+            atomic_copy(last_path, best_path)
 
     progress = Progress(
         TextColumn(f"[bold]{escape(stage.label)}[/]"),
@@ -794,26 +805,22 @@ def _train_stage(
                 run.pm.hook.kd_epoch_end(run=run, epoch=epoch, metrics=record)
                 run.log.write(record)
                 value = float(metrics[task.main_metric])
-                state = _checkpoint_payload(run, stage, model, optimizer, epoch, metrics)
-                if run.dist.is_main:
-                    save_checkpoint(last_path, state)
-                if _better(task, value, best):
+                improved = _better(task, value, best)
+                if improved:
                     best, best_epoch = value, epoch
-                    if run.dist.is_main:
-                        atomic_copy(last_path, best_path)  # the same bytes: a hard link, not a 2nd write
                 console.print(  # plain text: no markup or highlighting to parse, every epoch
                     f"[{stage.label}] epoch {epoch + 1}/{epochs}  "
                     f"train loss {record['train_loss']:.4f}  val {task.main_metric} {value:.4f}",
                     markup=False,
                     highlight=False,
                 )
-                save_epoch(ended=run.stop_requested or epoch == epochs - 1)
+                save_epoch(run.stop_requested or epoch == epochs - 1, metrics, improved)
                 if run.stop_requested:
                     break
     except KeyboardInterrupt:
         # The weights of the moment, for `kd eval`; resuming restarts from the last finished epoch.
         if run.dist.is_main:
-            state = _checkpoint_payload(run, stage, model, optimizer, run.epoch, {})
+            state = _checkpoint_payload(run, stage, model, optimizer, {})
             save_checkpoint(ckpt_dir / f"{prefix}interrupted.pt", state)
         raise
     finally:
@@ -856,23 +863,24 @@ class StageParts(NamedTuple):
 
 
 def _stage_state(
-    run: DistillRun, stage: Stage, bookkeeping: dict[str, Any], parts: StageParts
+    run: DistillRun,
+    stage: Stage,
+    bookkeeping: dict[str, Any],
+    parts: StageParts,
+    metrics: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Everything :func:`_restore_stage` needs to continue ``stage`` after the current epoch."""
+    """Everything :func:`_restore_stage` needs to continue ``stage`` after the current epoch: the
+    epoch's checkpoint (:func:`_checkpoint_payload`) and the rest of the training state."""
     plugins: dict[str, Any] = {}
     for part in run.pm.hook.kd_state_dict(run=run):
         plugins.update(part)
     return {
-        "stage": stage.label,
-        "epoch": run.epoch,
-        "step": run.step,
+        **_checkpoint_payload(run, stage, parts.model, parts.optimizer, metrics),
         "stop_requested": run.stop_requested,
         "signals": _floats(run.signals),
         **bookkeeping,
         "run_seconds": time.perf_counter() - run.started_at,
         "metrics_bytes": run.log.size(),
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
         "scaler": parts.scaler.state_dict(),
         "schedules": {name: schedule.state_dict() for name, schedule in parts.schedules.items()},
         "hints": run.hints.state_dict() if run.hints is not None else {},
@@ -900,14 +908,15 @@ def _restore_stage(
 
 
 def _checkpoint_payload(
-    run: DistillRun, stage: Stage, model: nn.Module, optimizer, epoch: int, metrics
+    run: DistillRun, stage: Stage, model: nn.Module, optimizer: torch.optim.Optimizer, metrics
 ) -> dict:
+    """What ``kd eval``, ``--resume`` and a later stage read from any checkpoint of ``stage``."""
     return {
         "stage": stage.label,
         "arch": stage.arch,
         "plugin": run.task.plugin,
         "task": run.task.name,
-        "epoch": epoch,
+        "epoch": run.epoch,
         "step": run.step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -4,7 +4,9 @@ After each epoch of a stage the engine writes ``checkpoints/resume.pt`` (atomica
 optimizer, the gradient scaler, the schedules' and feature hints' state, the stage's bookkeeping (step,
 best metric, signals, seconds so far), every random generator the run draws from (Python's, NumPy's,
 torch's CPU and CUDA generators, the training loader's shuffling generator), each plugin's own state
-(``kd_state_dict``), and the length of ``metrics.jsonl`` at that point.
+(``kd_state_dict``), and the length of ``metrics.jsonl`` at that point. It carries everything a
+checkpoint carries too, so after a validation the engine makes ``last.pt`` (and ``best.pt``) hard links
+of it instead of serialising the model again.
 
 ``kd train --resume RUN_DIR`` then keeps the stages already finished (their ``split: stage`` records
 and best checkpoints), cuts ``metrics.jsonl`` back to that length (dropping the records of the
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcore.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from kdcore.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 
 RESUME_FILE = "resume.pt"
 
@@ -70,9 +72,8 @@ def restore_rng(saved: Mapping[str, Any], loader_generator: torch.Generator) -> 
 
 
 def save_resume_state(run_dir: Path, state: Mapping[str, Any]) -> Path:
-    """Atomically write ``checkpoints/resume.pt``."""
-    path = run_dir / "checkpoints" / RESUME_FILE
-    return atomic_write(path, lambda fh: torch.save(dict(state), fh))
+    """Atomically write ``checkpoints/resume.pt`` (a kdcore checkpoint when ``state`` has a model)."""
+    return save_checkpoint(run_dir / "checkpoints" / RESUME_FILE, state)
 
 
 def load_resume_state(run_dir: Path, device: torch.device) -> dict[str, Any] | None:

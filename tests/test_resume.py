@@ -139,8 +139,24 @@ def test_the_resume_file_loads_with_weights_only(tmp_path, monkeypatch):
         tmp_path / "kdt_resume" / "noisy" / "cut" / "checkpoints" / "resume.pt", weights_only=True
     )
     assert state["stage"] == "student" and state["epoch"] == 0 and state["step"] == 3
+    assert not (tmp_path / "kdt_resume" / "noisy" / "cut" / "checkpoints" / "last.pt").exists()  # no val
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda", "loader"}
     assert 0.0 <= state["schedules"]["temperature"]["ema"] <= 1.0  # the adaptive schedule's average
+
+
+def test_each_epoch_is_written_once_and_last_and_best_are_links_of_it(tmp_path, monkeypatch):
+    registry = registry_with(monkeypatch, interrupt_at("student", 7))  # in epoch 2 of 3-step epochs
+    with pytest.raises(RunInterrupted):
+        fit(config_for(tmp_path, "cut"), registry, console=QUIET)
+    checkpoints = tmp_path / "kdt_resume" / "noisy" / "cut" / "checkpoints"
+    resume, last, best = (checkpoints / name for name in ("resume.pt", "last.pt", "best.pt"))
+    assert resume.samefile(last)  # epoch 1 validated (eval_every 2): one file, three names
+    assert best.samefile(last)  # its first score is its best
+    checkpoint = load_checkpoint(last)  # and that file is a checkpoint kd eval reads
+    assert checkpoint["stage"] == "student" and checkpoint["epoch"] == 1
+    assert "accuracy" in checkpoint["metrics"]
+    # resume.pt was replaced by the student's epochs; the teacher's links kept the teacher's bytes
+    assert load_checkpoint(checkpoints / "teacher_last.pt")["stage"] == "teacher"
 
 
 def test_a_finished_run_or_a_non_run_directory_is_refused(tmp_path, monkeypatch):
