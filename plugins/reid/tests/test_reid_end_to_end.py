@@ -64,6 +64,16 @@ def test_the_distilled_searched_student_beats_chance_by_a_margin(run):
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns
 
 
+def test_the_students_also_learn_the_teachers_embedding_similarities(run):
+    term = "similarity:head.neck"  # the default relational hint on the retrieval embedding
+    for stage in ("kdas/student", "kdas_const_t/student"):
+        values = [r[term] for r in stage_records(run.run_dir, stage, "train")]
+        assert values and all(v >= 0.0 for v in values), stage
+        assert np.mean(values[-3:]) < np.mean(values[:3]), stage  # the student's similarities move closer
+    for stage in ("search/student", "baseline"):  # the search keeps the paper's objective; no teacher
+        assert all(term not in r for r in stage_records(run.run_dir, stage, "train")), stage
+
+
 def test_the_search_moves_the_architecture_weights_and_publishes_the_genotype(run):
     ckpt = run.run_dir / "checkpoints"
     last = load_checkpoint(ckpt / "search.student_last.pt")["model"]
