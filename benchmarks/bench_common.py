@@ -46,6 +46,18 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def training_row(steps: int, seconds: float, cpu_seconds: float, final_accuracy: float) -> dict[str, float]:
+    """One timed training run as the speed comparisons record it: steps per second (wall), the wall and
+    CPU seconds it took, and where the student ended."""
+    return {
+        "steps_per_s": steps / seconds,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "steps": steps,
+        "final_accuracy": final_accuracy,
+    }
+
+
 @dataclass
 class StageClock:
     """Seconds of every epoch (``(stage, epoch, seconds)``) and of every stage, recorded by hooks: wall

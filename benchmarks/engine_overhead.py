@@ -37,7 +37,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_common import StageClock, environment, load_teacher, set_threads, timing_registry, write_result
+from bench_common import (
+    StageClock,
+    environment,
+    load_teacher,
+    set_threads,
+    timing_registry,
+    training_row,
+    write_result,
+)
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -108,14 +116,7 @@ def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Pa
         if value > best:
             best = value
             torch.save(student.state_dict(), out / "best.pt")
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return {
-        "steps_per_s": steps / seconds,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "steps": steps,
-        "final_accuracy": value,
-    }
+    return training_row(steps, time.perf_counter() - started, time.process_time() - cpu_started, value)
 
 
 def kd_run(registry, config: Mapping[str, Any], clock: StageClock, steps: int) -> dict[str, float]:
@@ -126,15 +127,8 @@ def kd_run(registry, config: Mapping[str, Any], clock: StageClock, steps: int) -
     result = fit(dict(config), registry, console=console)
     wall = time.perf_counter() - started
     stage = result.summary["stages"]["student"]
-    seconds = clock.stages["student"]
-    return {
-        "steps_per_s": steps / seconds,
-        "seconds": seconds,
-        "cpu_seconds": clock.cpu["student"],
-        "steps": steps,
-        "final_accuracy": stage["final_metric"],
-        "fit_wall_s": wall,
-    }
+    row = training_row(steps, clock.stages["student"], clock.cpu["student"], stage["final_metric"])
+    return {**row, "fit_wall_s": wall}
 
 
 def main() -> None:

@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import StageClock, environment, load_teacher, set_threads, timing_registry, write_result
+from bench_common import (
+    StageClock,
+    environment,
+    load_teacher,
+    set_threads,
+    timing_registry,
+    training_row,
+    write_result,
+)
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import RandomSampler, SequentialSampler
@@ -115,15 +123,8 @@ def kdcore_run(registry, config: dict[str, Any], clock: StageClock, steps: int) 
     clock.clear()
     console = Console(file=io.StringIO(), force_terminal=True, width=120)  # the bar is drawn
     result = fit(dict(config), registry, console=console)
-    seconds, cpu = clock.stages["student"], clock.cpu["student"]
     accuracy = result.summary["stages"]["student"]["final_metric"]
-    return {
-        "steps_per_s": steps / seconds,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "steps": steps,
-        "final_accuracy": accuracy,
-    }
+    return training_row(steps, clock.stages["student"], clock.cpu["student"], accuracy)
 
 
 def box_config(config: dict[str, Any], device: torch.device, generator: torch.Generator) -> dict[str, Any]:
@@ -185,13 +186,7 @@ def torchdistill_run(task: Task, config: dict[str, Any], teacher_path: str, out:
         box.post_epoch_process()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     box.clean_modules()
-    return {
-        "steps_per_s": steps / seconds,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "steps": steps,
-        "final_accuracy": value,
-    }
+    return training_row(steps, seconds, cpu, value)
 
 
 def summarise(rows: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
