@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -56,6 +56,30 @@ def training_row(steps: int, seconds: float, cpu_seconds: float, final_accuracy:
         "steps": steps,
         "final_accuracy": final_accuracy,
     }
+
+
+def speed_ratios(
+    ours: Sequence[Mapping[str, float]], theirs: Sequence[Mapping[str, float]]
+) -> dict[str, Any]:
+    """Our throughput over theirs, round by round (rows of :func:`training_row`, paired in order): by
+    wall time (``ratios``) and per CPU second of the process (``cpu_ratios``), each with its median."""
+    pairs = list(zip(ours, theirs, strict=True))
+    wall = [o["steps_per_s"] / t["steps_per_s"] for o, t in pairs]
+    cpu = [(o["steps"] / o["cpu_seconds"]) / (t["steps"] / t["cpu_seconds"]) for o, t in pairs]
+    return {
+        "ratio_median": statistics.median(wall),
+        "ratios": wall,
+        "cpu_ratio_median": statistics.median(cpu),
+        "cpu_ratios": cpu,
+    }
+
+
+def print_speed_ratios(label: str, ratios: Mapping[str, Any]) -> None:
+    """Print what :func:`speed_ratios` measured, as ``<label> steps per second: median ... (rounds: ...)``
+    and the same per CPU second."""
+    for unit, key in (("second", "ratios"), ("CPU second", "cpu_ratios")):
+        rounds = ", ".join(f"{r:.3f}" for r in ratios[key])
+        print(f"{label} steps per {unit}: median {statistics.median(ratios[key]):.3f} (rounds: {rounds})")
 
 
 @dataclass

@@ -41,7 +41,9 @@ from bench_common import (
     StageClock,
     environment,
     load_teacher,
+    print_speed_ratios,
     set_threads,
+    speed_ratios,
     timing_registry,
     training_row,
     write_result,
@@ -181,9 +183,7 @@ def main() -> None:
                 row = kd_run(registry, config, clock, steps)
             if round_ > 0:  # round 0 warms up both sides
                 rows[side].append(row)
-    pairs = list(zip(rows["kd"], rows["plain"], strict=True))
-    ratios = [k["steps_per_s"] / p["steps_per_s"] for k, p in pairs]
-    cpu_ratios = [p["cpu_seconds"] / k["cpu_seconds"] for k, p in pairs]  # throughput per CPU second
+    ratios = speed_ratios(rows["kd"], rows["plain"])
     report = {
         "benchmark": "engine_overhead",
         **environment(),
@@ -192,10 +192,7 @@ def main() -> None:
         "rounds": args.rounds,
         "plain": rows["plain"],
         "kd": rows["kd"],
-        "ratio_median": statistics.median(ratios),
-        "ratios": ratios,
-        "cpu_ratio_median": statistics.median(cpu_ratios),
-        "cpu_ratios": cpu_ratios,
+        **ratios,
         "seconds": round(time.perf_counter() - started, 1),
     }
     per_epoch = steps // args.epochs
@@ -215,16 +212,7 @@ def main() -> None:
             ", ".join(f"{r['final_accuracy']:.4f}" for r in rows[side]),
         )
     Console().print(table)
-    print(
-        f"kd / plain steps per second: median {report['ratio_median']:.3f} (rounds: "
-        + ", ".join(f"{r:.3f}" for r in ratios)
-        + ")"
-    )
-    print(
-        f"kd / plain steps per CPU second: median {report['cpu_ratio_median']:.3f} (rounds: "
-        + ", ".join(f"{r:.3f}" for r in cpu_ratios)
-        + ")"
-    )
+    print_speed_ratios("kd / plain", ratios)
     write_result(args.out, report)
 
 

@@ -56,7 +56,9 @@ from bench_common import (
     StageClock,
     environment,
     load_teacher,
+    print_speed_ratios,
     set_threads,
+    speed_ratios,
     timing_registry,
     training_row,
     write_result,
@@ -193,16 +195,15 @@ def summarise(rows: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
     """Per seed: median steps/s of each side, their median ratio, mean final accuracy; then the median
     ratio over all rounds and each side's accuracy over the seeds."""
 
-    def speed_ratios(seed: int | None = None, cpu: bool = False) -> list[float]:
-        """kdcore's throughput over torchdistill's, per round: by wall time, or by CPU seconds."""
-        pairs = [[r for r in rows if r["side"] == side and seed in (None, r["seed"])] for side in SIDES]
-        if cpu:
-            return [t["cpu_seconds"] / k["cpu_seconds"] for k, t in zip(*pairs, strict=True)]
-        return [k["steps_per_s"] / t["steps_per_s"] for k, t in zip(*pairs, strict=True)]
+    def kdcore_over_torchdistill(seed: int | None = None) -> dict[str, Any]:
+        ours, theirs = (
+            [r for r in rows if r["side"] == side and seed in (None, r["seed"])] for side in SIDES
+        )
+        return speed_ratios(ours, theirs)
 
     per_seed = []
     for seed in range(seeds):
-        entry: dict[str, Any] = {"seed": seed, "ratio": statistics.median(speed_ratios(seed))}
+        entry: dict[str, Any] = {"seed": seed, "ratio": kdcore_over_torchdistill(seed)["ratio_median"]}
         for side in SIDES:
             mine = [r for r in rows if r["side"] == side and r["seed"] == seed]
             entry[f"{side}_steps_per_s"] = statistics.median(r["steps_per_s"] for r in mine)
@@ -218,15 +219,7 @@ def summarise(rows: list[dict[str, Any]], seeds: int) -> dict[str, Any]:
             "min": min(values),
             "max": max(values),
         }
-    ratios, cpu_ratios = speed_ratios(), speed_ratios(cpu=True)
-    return {
-        "per_seed": per_seed,
-        "ratio_median": statistics.median(ratios),
-        "ratios": ratios,
-        "cpu_ratio_median": statistics.median(cpu_ratios),
-        "cpu_ratios": cpu_ratios,
-        "final_accuracy": accuracy,
-    }
+    return {"per_seed": per_seed, **kdcore_over_torchdistill(), "final_accuracy": accuracy}
 
 
 def print_summary(summary: dict[str, Any], title: str) -> None:
@@ -243,15 +236,7 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
             f"{e['torchdistill_accuracy']:.4f}",
         )
     Console().print(table)
-    ratios = summary["ratios"]
-    print(
-        f"kdcore / torchdistill steps per second: median {summary['ratio_median']:.3f} ({len(ratios)} rounds)"
-    )
-    print(
-        f"kdcore / torchdistill steps per CPU second: median {summary['cpu_ratio_median']:.3f} (rounds: "
-        + ", ".join(f"{r:.3f}" for r in summary["cpu_ratios"])
-        + ")"
-    )
+    print_speed_ratios("kdcore / torchdistill", summary)
     for side, a in summary["final_accuracy"].items():
         print(
             f"{side} final accuracy over {len(summary['per_seed'])} seeds: mean {a['mean']:.4f}, "
