@@ -23,10 +23,11 @@ from kdcore.plugins import DEFAULT_PLUGINS, Registry
 
 
 def environment() -> dict[str, Any]:
-    """Date, machine, torch version and CPU threads: the context a figure needs to be read."""
+    """Date, machine, GPU (if any), torch version and CPU threads: the context a figure needs."""
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -131,20 +132,29 @@ def timing_registry(clock: StageClock) -> Registry:
     return Registry(builtins=(*DEFAULT_PLUGINS, "kd_bench_timing"), load_entry_points=False)
 
 
+def synchronize() -> None:
+    """Wait for the CUDA work queued so far, when CUDA is in use (host clocks time it then)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved_seconds(
     runs: Mapping[str, Callable[[], object]], rounds: int = 10, calls: int = 1
 ) -> dict[str, float]:
     """Median seconds of one call of each function, over ``rounds`` interleaved rounds (every function
     ``calls`` times per round, after one warm-up call each): side-by-side timings where a slow moment of
-    the machine hits every contender. Wrap the call in ``torch.inference_mode()`` for inference."""
+    the machine hits every contender. Wrap the call in ``torch.inference_mode()`` for inference. Where
+    CUDA is in use the clock stops only after the device has finished the calls' work."""
     for run in runs.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
+            synchronize()
             started = time.perf_counter()
             for _ in range(calls):
                 run()
+            synchronize()
             times[name].append((time.perf_counter() - started) / calls)
     return {name: statistics.median(values) for name, values in times.items()}
 

@@ -6,13 +6,15 @@ and the no-KD baseline, all from the same student initialisation. "best" is the 
 dice (liver, tumour) over the validated epochs, "final" the dice after the last epoch.
 
 Speed. Each architecture segments the same fixed-size volume with the sliding window used in evaluation
-(``--volume``, after resampling; default 96 x 96 x 64 voxels), on the CPU, one thread per core: a warm-up,
-then ``--repeats`` rounds that time every model once per round, in turn (A B C A B C ...). The table
-quotes the median seconds per case, the ratio to the student, and the floating-point operations of one
-pass (the ratio a compute-bound device would approach; small 3-D convolutions on a CPU are not).
+(``--volume``, after resampling; default 96 x 96 x 64 voxels), on the CPU (one thread per core) or with
+``--device cuda`` on a GPU (``--amp float16`` or ``bfloat16`` under autocast): a warm-up, then
+``--repeats`` rounds that time every model once per round, in turn (A B C A B C ...). The table quotes
+the median seconds per case, the ratio to the student, and the floating-point operations of one pass
+(the ratio a compute-bound device would approach; small 3-D convolutions on a CPU are not).
 
     .venv/bin/python benchmarks/liverct_variants.py --seeds 3 [--set student.epochs=80]
     .venv/bin/python benchmarks/liverct_variants.py --set variants.kd_a3.distill.alpha=0.3  # one more
+    python benchmarks/liverct_variants.py --skip-training --device cuda --amp float16 --volume 256 256 128
 
 Prints tables and writes benchmarks/results/liverct_variants.json.
 """
@@ -37,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kd_liverct.metrics import sliding_window_logits
 from kd_liverct.models import build_model, count_parameters
 from kdcore.config import resolve
-from kdcore.engine import fit
+from kdcore.engine import AMP_DTYPES, fit, select_device
 from kdcore.plugins import get_registry
 from kdcore.report import read_metrics
 
@@ -116,12 +118,19 @@ def speed(args: argparse.Namespace, config: dict) -> list[dict]:
         "unet_30k",
     ]
     names = list(dict.fromkeys(names))
+    device = select_device(args.device)
     models = {name: build_model(name, info, config).eval() for name in names}
     volume = torch.rand(1, 1, *args.volume)
     options = config["options"]
-    runs = {name: partial(sliding_window_logits, models[name], volume, options) for name in names}
-    with torch.inference_mode():
+    dtype = AMP_DTYPES.get(args.amp)
+    on_device = {name: model.to(device) for name, model in models.items()}
+    runs = {
+        name: partial(sliding_window_logits, model, volume.to(device), options)
+        for name, model in on_device.items()
+    }
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         seconds = interleaved_seconds(runs, args.repeats)
+    models = {name: model.cpu() for name, model in on_device.items()}
     student = seconds[config["student"]["arch"]]
     return [
         {
@@ -144,6 +153,8 @@ def main() -> None:
     parser.add_argument("--volume", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-training", action="store_true", help="measure speed only")
+    parser.add_argument("--device", default="cpu", help="where the speed part runs: cpu, cuda, auto")
+    parser.add_argument("--amp", choices=("off", *AMP_DTYPES), default="off", help="autocast dtype for speed")
     parser.add_argument("--out", default="benchmarks/results/liverct_variants.json")
     args = parser.parse_args()
 
@@ -159,7 +170,10 @@ def main() -> None:
         "volume": args.volume,
         "speed": speed(args, config),
     }
-    table = Table(title=f"CPU sliding-window inference, volume {' x '.join(map(str, args.volume))}")
+    device = result["speed_device"] = str(select_device(args.device))
+    table = Table(
+        title=f"{device} sliding-window inference, amp {args.amp}, volume {' x '.join(map(str, args.volume))}"
+    )
     for column in ("arch", "parameters", "GFLOP / case", "s / case", "x student"):
         table.add_column(column, justify="right")
     for row in result["speed"]:

@@ -70,6 +70,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "accumulate": 1,
         "teacher_cache": False,
         "compile": False,
+        "deterministic": False,
     },
     "options": {},
     "variants": {},

@@ -1,8 +1,8 @@
 """Data-parallel training under ``torchrun``: one process per device, gradients averaged across them.
 
 ``torchrun --nproc_per_node N -m kdcore.cli train ...`` (or ``torchrun ... $(which kd) train ...``) sets
-``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init` then joins the process group (NCCL on CUDA,
-gloo on CPUs). In a run:
+``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init` then joins the process group (NCCL when the
+run's device is CUDA, gloo when it is the CPU, also on a machine with GPUs). In a run:
 
 * each process takes its own shard of every epoch (``DistributedSampler``, shuffled by the run seed and
   the epoch), so an epoch is shared out, not repeated; ``data.batch_size`` is per process;
@@ -47,14 +47,22 @@ class Distributed:
         return self.rank == 0
 
 
-def init() -> Distributed:
-    """Join the process group when launched by ``torchrun`` with more than one process."""
+def init(requested: torch.device) -> Distributed:
+    """Join the process group when launched by ``torchrun`` with more than one process: NCCL when the
+    run's device is CUDA (one GPU per process on a node, checked here), gloo when it is the CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if requested.type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"torchrun started process LOCAL_RANK={local_rank} but this node has "
+            f"{torch.cuda.device_count()} CUDA device(s): start at most that many processes per node "
+            "(--nproc_per_node), or train on CPUs with --device cpu"
+        )
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if requested.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def broadcast(value: Any, where: Distributed) -> Any:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -292,6 +294,31 @@ def make_run_dir(config: Mapping[str, Any], task: Task) -> Path:
     return run_dir
 
 
+@contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """``train.deterministic``: while a run trains, PyTorch picks deterministic kernels (cuDNN without
+    autotuning, cuBLAS with a fixed workspace), so the same seed gives the same weights on a GPU too,
+    and a resumed run the weights of an uninterrupted one. An op with no deterministic kernel warns
+    (PyTorch names it) instead of stopping the run. Off, nothing is changed; the previous global
+    settings come back when the run ends."""
+    if not enabled:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
 def fit(
     config: dict[str, Any],
     registry: Registry | None = None,
@@ -304,6 +331,16 @@ def fit(
     finished stages are kept, the interrupted one continues after its last finished epoch
     (:mod:`kdcore.resume`). Ctrl-C raises :class:`RunInterrupted` after saving what it can.
     """
+    with deterministic_kernels(bool(config["train"].get("deterministic", False))):  # older runs lack it
+        return _fit(config, registry, console, resume)
+
+
+def _fit(
+    config: dict[str, Any],
+    registry: Registry | None,
+    console: Console | None,
+    resume: str | Path | None,
+) -> FitResult:
     registry = registry or get_registry()
     console = console or Console()
     task = registry.get_task(config["plugin"], config["task"])
@@ -317,12 +354,13 @@ def fit(
     # Schedules and hints of every variant, checked before anything is trained.
     configs = {stage.variant: cfg for stage, cfg in plan}
     settings = {variant: _stage_settings(cfg, registry) for variant, cfg in configs.items()}
-    where = distributed.init()
+    requested = select_device(config["device"])
+    where = distributed.init(requested)
     if where.active:
         _check_distributed(config, settings, resume)
         if not where.is_main:
             console = Console(file=io.StringIO())  # rank 0 speaks for the run
-    device = distributed.device(select_device(config["device"]), where)
+    device = distributed.device(requested, where)
     amp_dtype = autocast_dtype(config["train"], device)
     seed_everything(config["seed"])
     data = task.build_data(config)

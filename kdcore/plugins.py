@@ -121,6 +121,8 @@ class Registry:
             obj = load()
             self.pm.register(obj, name=name)
         except Exception as exc:
+            if self.pm.get_plugin(name) is not None:  # pluggy < 1.7 keeps a plugin that failed validation
+                self.pm.unregister(name=name)
             info.error = _short_error(exc)
             return
         try:

@@ -61,14 +61,18 @@ def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore_rng(saved: Mapping[str, Any], loader_generator: torch.Generator) -> None:
-    """Put every generator back to the state :func:`capture_rng` recorded."""
+    """Put every generator back to the state :func:`capture_rng` recorded.
+
+    Generator states are CPU byte tensors whatever the run's device: the resume file is loaded onto
+    that device (a GPU for a GPU run), so they are brought back first.
+    """
     version, state, gauss = saved["python"]
     random.setstate((version, tuple(state), gauss))
     np.random.set_state(unpack_numpy_state(saved["numpy"]))
-    torch.set_rng_state(saved["torch"])
+    torch.set_rng_state(saved["torch"].cpu())
     if saved["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda"])
-    loader_generator.set_state(saved["loader"])
+        torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in saved["cuda"]])
+    loader_generator.set_state(saved["loader"].cpu())
 
 
 def save_resume_state(run_dir: Path, state: Mapping[str, Any]) -> Path:

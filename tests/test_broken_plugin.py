@@ -37,7 +37,8 @@ def site(tmp_path_factory) -> Path:
 
 def kd(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("KD_LOAD_PLUGINS", "KD_DEBUG")}
-    env.update(PYTHONPATH=str(site), COLUMNS="250")  # a wide table: rows are not folded
+    path = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    env.update(PYTHONPATH=path, COLUMNS="250")  # a wide table: rows are not folded
     return subprocess.run([*KD, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

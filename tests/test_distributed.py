@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from rich.console import Console
 from tiny import tiny_task
 
-from kdcore import hookimpl
+from kdcore import distributed, hookimpl
 from kdcore.config import resolve
 from kdcore.engine import fit
 from kdcore.plugins import DEFAULT_PLUGINS, Registry
@@ -59,7 +59,9 @@ def worker(rank: int, world_size: int, port: int, out: str, sets: list[str]) -> 
 
 
 def launch(tmp_path: Path, sets: list[str] = ()) -> None:
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path), list(sets)), nprocs=2, join=True)
+    """Two processes on the CPU, also where GPUs are present (one GPU could not take two NCCL ranks)."""
+    sets = ["device=cpu", *sets]
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), sets), nprocs=2, join=True)
 
 
 def test_two_processes_end_with_identical_weights_and_one_run_directory(tmp_path):
@@ -83,3 +85,30 @@ def test_what_torchrun_does_not_support_yet_is_refused(tmp_path):
         Exception, match="process"
     ):  # the worker's ValueError surfaces as a ProcessRaisedException
         launch(tmp_path, ["train.teacher_cache=true"])
+
+
+def test_cpu_processes_join_with_gloo_on_a_machine_with_gpus(monkeypatch):
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", backends.append)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    where = distributed.init(torch.device("cpu"))
+    assert backends == ["gloo"] and (where.rank, where.world_size, where.local_rank) == (1, 2, 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    distributed.init(torch.device("cuda"))
+    assert backends == ["gloo", "nccl"]
+
+
+def test_more_processes_than_gpus_on_a_node_is_refused_before_joining(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "init_process_group", pytest.fail)
+    with pytest.raises(
+        RuntimeError, match=r"LOCAL_RANK=1 but this node has 1 CUDA device\(s\).*--device cpu"
+    ):
+        distributed.init(torch.device("cuda"))

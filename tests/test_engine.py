@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import textwrap
 import tomllib
 
@@ -12,7 +13,7 @@ import torch
 from rich.console import Console
 
 from kdcore.config import resolve
-from kdcore.engine import fit, select_device
+from kdcore.engine import deterministic_kernels, fit, select_device
 from kdcore.plugins import Registry
 from kdcore.report import read_metrics
 from kdcore.strategies import EnsembleTeacher, plan_stages
@@ -78,6 +79,26 @@ def test_student_learns_from_the_teacher(tmp_path):
     assert all("kd" in r and "supervised" in r for r in train)
     assert result.summary["stages"]["student"]["best_metric"] > 0.5  # chance is 0.1
     assert result.summary["stages"]["teacher"]["best_metric"] > 0.5
+
+
+def test_deterministic_training_repeats_its_weights_and_restores_the_global_settings(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_kernels(True):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert seen == [(True, False)]
+    assert not torch.are_deterministic_algorithms_enabled()
+    sets = ("train.deterministic=true", "distill.baseline=false", "teacher.epochs=1", "student.epochs=1")
+    weights = []
+    for name in ("a", "b"):
+        result = fit(
+            tiny_config(tmp_path, *sets, run_name=name), Registry(load_entry_points=False), console=QUIET
+        )
+        weights.append(torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.are_deterministic_algorithms_enabled(), "the run leaves the global setting as it was"
 
 
 def test_the_values_used_follow_the_schedules(tmp_path):

@@ -254,7 +254,8 @@ def normalise_text(series: pd.Series) -> pd.Series:
     """
     values = series.astype(object)
     values = values.where(~values.isna(), "").astype(str)
-    return values.str.lower().str.replace(r"\s+", " ", regex=True).str.strip()
+    # Python's own split: every Unicode space (no-break spaces too), whatever string dtype pandas picks
+    return values.map(lambda text: " ".join(text.lower().split())).astype(object)
 
 
 def _text_column(values: pd.Series) -> pd.Series:

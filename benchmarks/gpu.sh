@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU figures of BENCHMARKS.md in one go, each step under its own time limit:
+#   engine overhead (kd against a plain loop), kdcore against torchdistill, and liver CT student against
+#   teacher per case at the default volume and at a clinical-size one, float32 and float16 autocast.
+#
+#   benchmarks/gpu.sh [OUT_DIR]    # default benchmarks/results/gpu; PYTHON picks the interpreter
+#
+# Needs CUDA, kdcore, the first-party plugins and the `bench` extra (torchdistill). Writes one JSON per
+# benchmark and gpu.log (everything printed) under OUT_DIR.
+set -u
+out=${1:-benchmarks/results/gpu}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+log="$out/gpu.log"
+
+step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, its output to the log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$log"
+    timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n 14
+    echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$log"
+}
+
+"$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee -a "$log"
+step engine_overhead 150 "$py" benchmarks/engine_overhead.py --device cuda --out "$out/engine_overhead.json"
+step torchdistill 150 "$py" benchmarks/torchdistill_compare.py --device cuda --out "$out/torchdistill.json"
+for amp in off float16; do
+    for volume in "96 96 64" "256 256 128"; do
+        name="liverct_${amp}_${volume// /x}"
+        # shellcheck disable=SC2086  # the volume is three numbers
+        step "$name" 60 "$py" benchmarks/liverct_variants.py --skip-training --device cuda --amp "$amp" \
+            --volume $volume --out "$out/$name.json"
+    done
+done
