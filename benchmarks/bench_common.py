@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +35,28 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def add_keep_runs(parser: argparse.ArgumentParser) -> None:
+    """The ``--keep-runs DIR`` option of every benchmark that trains: see :func:`work_dir`."""
+    parser.add_argument(
+        "--keep-runs",
+        metavar="DIR",
+        help="keep the runs it trains (checkpoints, reports) under DIR; default: a temporary folder, removed",
+    )
+
+
+def work_dir(args: argparse.Namespace, name: str) -> Path:
+    """Where a benchmark's runs go: ``--keep-runs DIR`` (kept, and said so), else a temporary folder that
+    is removed when the script ends, also after an error."""
+    if args.keep_runs:
+        path = Path(args.keep_runs)
+        path.mkdir(parents=True, exist_ok=True)
+        print(f"runs are kept in {path}")
+        return path
+    path = Path(tempfile.mkdtemp(prefix=f"kd-bench-{name}-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from bench_common import environment, write_result
+from bench_common import add_keep_runs, environment, work_dir, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -35,11 +33,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--out", default="benchmarks/results/classify_kd_vs_baseline.json")
+    add_keep_runs(parser)
     args = parser.parse_args()
 
     task = get_registry().get_task("classify", "digits")
     quiet = Console(file=io.StringIO())
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-"))
+    work = work_dir(args, "classify")
     common = {"plugin": "classify", "task": "digits", "out_dir": str(work), "train": {"progress": False}}
     started = time.perf_counter()
     teacher_run = fit(

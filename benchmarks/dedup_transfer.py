@@ -31,7 +31,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from bench_common import environment, interleaved_seconds, write_result
+from bench_common import add_keep_runs, environment, interleaved_seconds, work_dir, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -264,13 +263,14 @@ def main() -> None:
     parser.add_argument("--teacher", help="a teacher checkpoint for speed (default: one trained here)")
     parser.add_argument("--out", default="benchmarks/results/dedup_transfer.json")
     parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
+    add_keep_runs(parser)
     args = parser.parse_args()
     if args.scale_one:
         print(json.dumps(scale_one(args.scale_one, args.student, args.knn)))
         return
 
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-dedup-"))
+    work = work_dir(args, "dedup")
     result: dict = {
         "benchmark": "dedup_transfer",
         **environment(),

@@ -29,7 +29,6 @@ import argparse
 import io
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from bench_common import (
     StageClock,
+    add_keep_runs,
     environment,
     load_teacher,
     print_speed_ratios,
@@ -46,6 +46,7 @@ from bench_common import (
     speed_ratios,
     timing_registry,
     training_row,
+    work_dir,
     write_result,
 )
 from rich.console import Console
@@ -146,13 +147,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", default="benchmarks/results/engine_overhead.json")
+    add_keep_runs(parser)
     args = parser.parse_args()
     set_threads(args.threads)
 
     clock = StageClock()
     registry = timing_registry(clock)
     task = registry.get_task("classify", "digits")
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-overhead-"))
+    work = work_dir(args, "overhead")
     sets = [
         f"teacher.arch='{args.teacher}'",
         f"student.arch='{args.student}'",

@@ -25,13 +25,12 @@ import argparse
 import io
 import json
 import statistics
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
-from bench_common import environment, interleaved_seconds, write_result
+from bench_common import add_keep_runs, environment, interleaved_seconds, work_dir, write_result
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
@@ -156,6 +155,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the speed part runs: cpu, cuda, auto")
     parser.add_argument("--amp", choices=("off", *AMP_DTYPES), default="off", help="autocast dtype for speed")
     parser.add_argument("--out", default="benchmarks/results/liverct_variants.json")
+    add_keep_runs(parser)
     args = parser.parse_args()
 
     task = get_registry().get_task("liverct", "liver")
@@ -187,7 +187,7 @@ def main() -> None:
     Console().print(table)
 
     if not args.skip_training:
-        work = Path(tempfile.mkdtemp(prefix="kd-bench-liverct-"))
+        work = work_dir(args, "liverct")
         teacher, rows = quality(args, task, Console(file=io.StringIO()), work)
         result["teacher"] = teacher
         result["seeds"] = rows

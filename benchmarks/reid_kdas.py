@@ -24,13 +24,12 @@ import argparse
 import io
 import json
 import statistics
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
-from bench_common import environment, interleaved_seconds, write_result
+from bench_common import add_keep_runs, environment, interleaved_seconds, work_dir, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -143,6 +142,7 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="measure speed only")
     parser.add_argument("--genotype", help="genotype file for --skip-training (default: the last results')")
     parser.add_argument("--out", default="benchmarks/results/reid_kdas.json")
+    add_keep_runs(parser)
     args = parser.parse_args()
 
     task = get_registry().get_task("reid", "person")
@@ -157,7 +157,7 @@ def main() -> None:
     }
     genotype_file = args.genotype
     if not args.skip_training:
-        work = Path(tempfile.mkdtemp(prefix="kd-bench-reid-"))
+        work = work_dir(args, "reid")
         teacher, rows, genotype_file = quality(args, task, Console(file=io.StringIO()), work)
         result["teacher"], result["seeds"] = teacher, rows
         means = {}

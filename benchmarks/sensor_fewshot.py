@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from bench_common import environment, write_result
+from bench_common import add_keep_runs, environment, work_dir, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -48,6 +46,7 @@ def main() -> None:
     parser.add_argument("--anneal", action="append", default=[], help="an extra alpha rule shape:start:end")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--out", default="benchmarks/results/sensor_fewshot.json")
+    add_keep_runs(parser)
     args = parser.parse_args()
 
     recipes = dict(RECIPES)
@@ -57,7 +56,7 @@ def main() -> None:
         for recipe, change in recipes.items():
             options = {**change.get("options", {}), "labels": args.labels, "label_seed": seed}
             variants[variant_name(args.labels, seed, recipe)] = {**change, "options": options}
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-sensor-"))
+    work = work_dir(args, "sensor")
     overrides = {"plugin": "sensor", "task": "transfer", "out_dir": str(work), "train": {"progress": False}}
     config = resolve(DEFAULTS, sets=args.sets, overrides=overrides)
     config["variants"], config["primary_variant"] = variants, "s0_kd"

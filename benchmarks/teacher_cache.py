@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from bench_common import StageClock, environment, timing_registry, write_result
+from bench_common import StageClock, add_keep_runs, environment, timing_registry, work_dir, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -46,12 +44,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--out", default="benchmarks/results/teacher_cache.json")
+    add_keep_runs(parser)
     args = parser.parse_args()
 
     clock = StageClock()
     registry = timing_registry(clock)
     task = registry.get_task("classify", "digits")
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-cache-"))
+    work = work_dir(args, "cache")
     common = {
         "plugin": "classify",
         "task": "digits",

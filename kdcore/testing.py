@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kdcore.plugins import reset_registry
@@ -28,3 +28,25 @@ def plugin_only(name: str, data_home: Path) -> Iterator[None]:
             yield
         finally:
             reset_registry()
+
+
+def plugin_fixtures(name: str) -> tuple[Callable[..., Path], Callable[..., Iterator[None]]]:
+    """The two fixtures of a plugin's ``tests/conftest.py``, for a one-line conftest::
+
+        data_home, plugin_environment = plugin_fixtures("myplugin")
+
+    ``data_home`` is one ``KD_DATA_HOME`` for the whole session (an embedded data set is written once,
+    never in ``~/.cache``); ``plugin_environment`` (autouse) runs every test inside :func:`plugin_only`.
+    """
+    import pytest
+
+    @pytest.fixture(scope="session", name="data_home")
+    def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp("kd-data-home")
+
+    @pytest.fixture(autouse=True, name="plugin_environment")
+    def plugin_environment(data_home: Path) -> Iterator[None]:
+        with plugin_only(name, data_home):
+            yield
+
+    return data_home, plugin_environment

@@ -29,8 +29,7 @@ use test labels, so the reports quote the final epoch's figures.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ from kd_dedup.blocking import FEBRL_PASSES, candidate_pairs, validate_passes
 from kd_dedup.encoding import encode_records
 from kd_dedup.tables import FEBRL_SETS, RecordTable, load_table
 from kdcore import TaskData
+from kdcore.samplers import FewLabelBatches
 
 
 class PairSet(Dataset):
@@ -89,41 +89,12 @@ def pair_truth(table: RecordTable, pairs: np.ndarray) -> np.ndarray:
     return (table.entity[pairs[:, 0]] == table.entity[pairs[:, 1]]).astype(np.int64)
 
 
-@dataclass(frozen=True)
-class MixedBatches:
-    """Batches of ``labelled_per_batch`` labelled pairs and ``batch_size - labelled_per_batch``
-    unlabelled ones: every unlabelled pair once per epoch, the few labelled ones drawn over and over
-    (each pass over them in a new order). Randomness comes from the run's loader generator."""
-
-    labelled: np.ndarray
-    unlabelled: np.ndarray
-    batch_size: int
-    labelled_per_batch: int
-    generator: torch.Generator
-
-    def __len__(self) -> int:
-        per_batch = self.batch_size - self.labelled_per_batch
-        return max(1, -(-len(self.unlabelled) // per_batch))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_batch = self.batch_size - self.labelled_per_batch
-        unlabelled = self.unlabelled[torch.randperm(len(self.unlabelled), generator=self.generator).numpy()]
-        queue: list[int] = []
-        for batch in range(len(self)):
-            while len(queue) < self.labelled_per_batch:
-                queue += self.labelled[
-                    torch.randperm(len(self.labelled), generator=self.generator).numpy()
-                ].tolist()
-            taken, queue = queue[: self.labelled_per_batch], queue[self.labelled_per_batch :]
-            yield taken + unlabelled[batch * per_batch : (batch + 1) * per_batch].tolist()
-
-
 def mixed_batch_sampler(labels: np.ndarray):
     """The ``TaskData.train_batch_sampler`` of a target training set with ``labels`` (-1: unlabelled)."""
     labelled = np.flatnonzero(labels != UNLABELLED)
     unlabelled = np.flatnonzero(labels == UNLABELLED)
 
-    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> MixedBatches:
+    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> FewLabelBatches:
         batch_size = int(config["data"]["batch_size"])
         per_batch = int(config["options"]["labelled_per_batch"])
         if not 0 < per_batch < batch_size:
@@ -131,7 +102,9 @@ def mixed_batch_sampler(labels: np.ndarray):
                 f"options.labelled_per_batch must be between 1 and data.batch_size - 1 ({batch_size - 1}), "
                 f"got {per_batch}"
             )
-        return MixedBatches(labelled, unlabelled, batch_size, per_batch, generator)
+        rest = batch_size - per_batch  # every unlabelled pair once an epoch, in batches with the few labelled
+        batches = FewLabelBatches.batches_for(len(unlabelled), rest)
+        return FewLabelBatches(labelled, unlabelled, per_batch, rest, batches, generator)
 
     return sampler
 

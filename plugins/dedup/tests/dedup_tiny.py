@@ -8,7 +8,6 @@ The tiny data sets are real files in the layouts users give: a source folder (``
 
 from __future__ import annotations
 
-import contextlib
 import io
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from kd_dedup import DEFAULTS
 from kdcore.config import resolve
 from kdcore.engine import FitResult, fit
 from kdcore.plugins import get_registry
-from kdcore.testing import plugin_only
 
 #: Few epochs and small batches; 20 labelled target pairs.
 TINY = (
@@ -32,11 +30,6 @@ TINY = (
     "train.log_every=1",
     "train.progress=false",
 )
-
-
-def dedup_only(data_home: Path) -> contextlib.AbstractContextManager[None]:
-    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``."""
-    return plugin_only("dedup", data_home)
 
 
 def write_tiny_sets(folder: Path) -> tuple[Path, Path]:

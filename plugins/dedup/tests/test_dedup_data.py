@@ -11,7 +11,6 @@ from kd_dedup import DEFAULTS
 from kd_dedup.blocking import FEBRL_PASSES
 from kd_dedup.data import (
     UNLABELLED,
-    MixedBatches,
     PairSet,
     blocking_passes,
     build_task_data,
@@ -23,6 +22,7 @@ from kd_dedup.encoding import encode_records
 from kd_dedup.evaluation import match_metrics
 from kd_dedup.tables import RecordTable, load_table
 from kdcore.config import resolve
+from kdcore.samplers import FewLabelBatches
 
 
 def small_table(entity, side=None) -> RecordTable:
@@ -65,7 +65,7 @@ def test_mixed_batches_hold_labelled_pairs_and_every_unlabelled_pair_once_an_epo
     assert same == batches  # drawn from the run's generator only
     with pytest.raises(ValueError, match="labelled_per_batch must be between 1 and"):
         sampler(torch.Generator(), {"data": {"batch_size": 4}, "options": {"labelled_per_batch": 4}})
-    assert isinstance(sampler(torch.Generator(), config), MixedBatches)
+    assert isinstance(sampler(torch.Generator(), config), FewLabelBatches)
 
 
 def test_default_blocking_is_febrl_passes_for_febrl_columns_else_a_sorted_pass():

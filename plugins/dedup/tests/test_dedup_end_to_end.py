@@ -8,17 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from dedup_tiny import dedup_only, tiny_fit, write_tiny_sets
+from dedup_tiny import tiny_fit, write_tiny_sets
 
 from kdcore.cli import cli_with_plugins
 from kdcore.report import read_metrics
+from kdcore.testing import plugin_only
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, data_home):
     folder = tmp_path_factory.mktemp("dedup")
     source, target = write_tiny_sets(folder / "data")
-    with dedup_only(data_home):
+    with plugin_only("dedup", data_home):
         result = tiny_fit(folder / "runs", source, target)
     return result, source, target
 

@@ -5,7 +5,6 @@ Imported as ``from liverct_tiny import ...`` (pytest puts this folder on ``sys.p
 
 from __future__ import annotations
 
-import contextlib
 import io
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from kd_liverct import DEFAULTS
 from kdcore.config import resolve
 from kdcore.engine import FitResult, fit
 from kdcore.plugins import get_registry
-from kdcore.testing import plugin_only
 
 #: Four phantom cases (three to train, one to validate), small patches, a 30k teacher, and one GTAN
 #: student instead of the default's four-way comparison.
@@ -32,11 +30,6 @@ TINY = (
     "train.progress=false",
     "distill.baseline=false",
 )
-
-
-def liverct_only(data_home: Path) -> contextlib.AbstractContextManager[None]:
-    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``."""
-    return plugin_only("liverct", data_home)
 
 
 def tiny_fit(out_dir: Path, *sets: str, variants: dict | None = None) -> FitResult:

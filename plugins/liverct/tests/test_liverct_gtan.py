@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from liverct_tiny import liverct_only, tiny_fit
+from liverct_tiny import tiny_fit
 
 from kd_liverct import DEFAULTS
 from kd_liverct.architectures import GTAN_ARCH
 from kd_liverct.gtan import width_schedule
 from kdcore.checkpoint import load_checkpoint
 from kdcore.report import read_metrics
+from kdcore.testing import plugin_only
 
 
 def records(run_dir, split: str, stage: str | None = None) -> list[dict]:
@@ -29,7 +30,7 @@ def test_the_width_schedule_is_linear_to_full_width_then_flat():
 
 @pytest.fixture(scope="module")
 def gtan_run(tmp_path_factory, data_home):
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         return tiny_fit(tmp_path_factory.mktemp("gtan"))
 
 
@@ -85,7 +86,7 @@ def test_the_default_compares_gtan_kd_and_takd_with_the_baseline_in_one_run(tmp_
 
     from kdcore.cli import cli
 
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         result = CliRunner().invoke(
             cli, ["train", "--plugin", "liverct", "--dry-run", "--out", str(tmp_path)]
         )

@@ -12,16 +12,17 @@ change of the default recipe for long runs does not move this short one.
 from __future__ import annotations
 
 import pytest
-from liverct_tiny import liverct_only, tiny_fit
+from liverct_tiny import tiny_fit
 
 from kdcore.report import read_metrics
+from kdcore.testing import plugin_only
 
 RECIPE = ("distill.temperature=2.0", "distill.alpha=0.5", "options.crop_ratios=[1, 1, 1]")
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, data_home):
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         run = tiny_fit(
             tmp_path_factory.mktemp("teacher"),
             "teacher.arch='unet_teacher_cpu'",
@@ -35,7 +36,7 @@ def teacher(tmp_path_factory, data_home):
 
 
 def test_the_kd_student_beats_the_no_kd_student_on_the_same_seed(tmp_path, data_home, teacher):
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         run = tiny_fit(
             tmp_path,
             "options.gtan=false",

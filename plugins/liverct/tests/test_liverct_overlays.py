@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from liverct_tiny import liverct_only, tiny_fit
+from liverct_tiny import tiny_fit
 from monai.data import MetaTensor
 from PIL import Image
 
@@ -31,6 +31,7 @@ from kd_liverct.overlays import (
     view_aspects,
 )
 from kdcore.checkpoint import save_checkpoint
+from kdcore.testing import plugin_only
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPACING = (2.0, 2.0, 5.0)  # anisotropic, as thick-slice CT
@@ -302,7 +303,7 @@ def test_a_failed_figure_is_reported_without_ending_the_run(fake_run, monkeypatc
 
 @pytest.fixture(scope="module")
 def overlay_run(tmp_path_factory, data_home):
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         return tiny_fit(
             tmp_path_factory.mktemp("overlays"),
             "teacher.epochs=1",

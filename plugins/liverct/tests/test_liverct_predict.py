@@ -12,7 +12,7 @@ import pytest
 import torch
 from click import Context
 from click.testing import CliRunner, Result
-from liverct_tiny import liverct_only, tiny_fit
+from liverct_tiny import tiny_fit
 from torch import nn
 
 from kd_liverct import DEFAULTS
@@ -21,6 +21,7 @@ from kd_liverct.phantom import PHANTOM_VERSION
 from kd_liverct.predict import PredictError, collect_inputs, plan_outputs, predict_volume
 from kdcore.cli import cli_with_plugins
 from kdcore.plugins import get_registry
+from kdcore.testing import plugin_only
 
 #: On top of the shared tiny run: a weak teacher and a short student stage with a high learning rate,
 #: enough for the student to find the liver (dice about 0.45) in a few seconds.
@@ -39,7 +40,7 @@ CASES = ("liver_000", "liver_003")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_home) -> Path:
     """A tiny liverct run (about 5 s); it writes the 4-case phantom under ``data_home`` if needed."""
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         return tiny_fit(tmp_path_factory.mktemp("runs"), *PREDICT_RUN).run_dir
 
 
@@ -86,7 +87,7 @@ def predicted(run_dir, phantom, data_home, tmp_path_factory) -> tuple[Path, Path
     """Both cases predicted once through ``kd predict ... --json``: (inputs, outputs, the JSON record)."""
     root = tmp_path_factory.mktemp("predict")
     inputs, outputs = copy_inputs(phantom, root / "ct"), root / "masks"
-    with liverct_only(data_home):
+    with plugin_only("liverct", data_home):
         result = kd("predict", run_dir, "--input", inputs, "--output", outputs, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     return inputs, outputs, json.loads(result.stdout)

@@ -1,18 +1,6 @@
-"""reid tests: a clean kdcore registry that loads only this plugin, and a private data home."""
+"""reid tests: a clean kdcore registry that loads only this plugin, and a private data home where
+the synthetic set are written once per session."""
 
-from __future__ import annotations
+from kdcore.testing import plugin_fixtures
 
-import pytest
-from reid_tiny import reid_only
-
-
-@pytest.fixture(scope="session")
-def data_home(tmp_path_factory: pytest.TempPathFactory):
-    """One ``KD_DATA_HOME`` for the whole session: the synthetic set is written once, never in ~/.cache."""
-    return tmp_path_factory.mktemp("kd-data-home")
-
-
-@pytest.fixture(autouse=True)
-def reid_environment(data_home):
-    with reid_only(data_home):
-        yield
+data_home, plugin_environment = plugin_fixtures("reid")

@@ -5,7 +5,6 @@ Imported as ``from reid_tiny import ...`` (pytest puts this folder on ``sys.path
 
 from __future__ import annotations
 
-import contextlib
 import io
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from kd_reid import DEFAULTS
 from kdcore.config import resolve
 from kdcore.engine import FitResult, fit
 from kdcore.plugins import get_registry
-from kdcore.testing import plugin_only
 
 #: A synthetic set of 16 training and 12 test identities at 32 x 16 pixels, a 3-cell search space of
 #: 2-node cells, a few epochs per stage.
@@ -38,11 +36,6 @@ TINY = (
     "train.eval_every=3",
     "train.progress=false",
 )
-
-
-def reid_only(data_home: Path) -> contextlib.AbstractContextManager[None]:
-    """A clean registry that loads only this plugin, with ``KD_DATA_HOME`` at ``data_home``."""
-    return plugin_only("reid", data_home)
 
 
 def tiny_config(out_dir: Path, *sets: str) -> dict:

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from reid_tiny import reid_only, tiny_config, tiny_fit
+from reid_tiny import tiny_config, tiny_fit
 
 from kd_reid.retrieval import evaluate_ranking
 from kd_reid.search_space import PRIMITIVES, Genotype
 from kdcore.checkpoint import load_checkpoint
 from kdcore.cli import cli, cli_with_plugins
 from kdcore.report import read_metrics
+from kdcore.testing import plugin_only
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_home):
-    with reid_only(data_home):
+    with plugin_only("reid", data_home):
         return tiny_fit(tmp_path_factory.mktemp("runs"))
 
 

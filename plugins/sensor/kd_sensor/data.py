@@ -13,15 +13,14 @@ From :func:`kd_sensor.pairs.load_paired` (``--data PATH``, else the rendered dig
 Which pairs are labelled is a property of the stage, not of the data set (a run compares several N and
 label seeds), so :class:`PairedTrain` shows every pair twice: item ``i < n`` is pair ``i`` with its
 label, item ``n + i`` the same pair with the label hidden (``-1``). The batch sampler of a stage
-(:class:`LabelBudget`) picks labelled items from the first half and unlabelled ones from the second.
-Every stage draws the same number of batches per epoch whatever N (:class:`LabelBudget`), so recipes and
-label budgets train for the same number of steps.
+(kdcore's :class:`~kdcore.samplers.FewLabelBatches`, built by :func:`label_budget_sampler`) picks
+labelled items from the first half and unlabelled ones from the second. Every stage draws the same
+number of batches per epoch whatever N, so recipes and label budgets train for the same number of steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset, TensorDataset
 from kd_sensor import HIDDEN
 from kd_sensor.pairs import MANIFEST_NAME, PairedSplits, load_image_folder, load_paired
 from kdcore import TaskData, data_home
+from kdcore.samplers import FewLabelBatches
 
 
 def read_images(paths: Sequence[Path], what: str) -> torch.Tensor:
@@ -92,46 +92,11 @@ def choose_labelled(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-@dataclass(frozen=True)
-class LabelBudget:
-    """A stage's batches: ``labelled_per_batch`` labelled pairs (the few, drawn over and over) and, when
-    distilling unlabelled pairs, ``batch_size - labelled_per_batch`` unlabelled ones, each once an epoch.
-    With every pair labelled, whole batches of labelled pairs. An epoch has
-    ``ceil(pairs / (batch_size - labelled_per_batch))`` batches whatever the budget, so every recipe and
-    N trains for the same number of steps. Randomness from the run's loader generator."""
-
-    labelled: np.ndarray
-    unlabelled: np.ndarray
-    pairs: int
-    batch_size: int
-    labelled_per_batch: int
-    generator: torch.Generator
-
-    def __len__(self) -> int:
-        return max(1, -(-self.pairs // (self.batch_size - self.labelled_per_batch)))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        every = len(self.labelled) == self.pairs
-        per_batch = self.batch_size - self.labelled_per_batch
-        labelled_each = self.batch_size if every else self.labelled_per_batch
-        hidden = self.unlabelled[torch.randperm(len(self.unlabelled), generator=self.generator).numpy()]
-        queue: list[int] = []
-        for batch in range(len(self)):
-            while len(queue) < labelled_each:
-                shuffled = torch.randperm(len(self.labelled), generator=self.generator).numpy()
-                queue += self.labelled[shuffled].tolist()
-            taken, queue = queue[:labelled_each], queue[labelled_each:]
-            rest = (
-                [] if every else (hidden[batch * per_batch : (batch + 1) * per_batch] + self.pairs).tolist()
-            )
-            yield taken + rest
-
-
 def label_budget_sampler(labels: np.ndarray):
     """The ``TaskData.train_batch_sampler``: the stage's ``options.labels`` / ``label_seed`` decide which
     pairs are labelled, ``options.distill_unlabelled`` whether the others are in the batches."""
 
-    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> LabelBudget:
+    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> FewLabelBatches:
         options, batch_size = config["options"], int(config["data"]["batch_size"])
         labelled = choose_labelled(labels, int(options["labels"]), int(options["label_seed"]))
         per_batch = int(options["labelled_per_batch"])
@@ -143,7 +108,13 @@ def label_budget_sampler(labels: np.ndarray):
         unlabelled = np.setdiff1d(np.arange(len(labels)), labelled)
         if not options["distill_unlabelled"]:
             unlabelled = unlabelled[:0]
-        return LabelBudget(labelled, unlabelled, len(labels), batch_size, per_batch, generator)
+        # The same number of steps whatever the budget and recipe; with every pair labelled, whole
+        # batches of them. Unlabelled pairs are read through the hidden-label view (indices + pairs).
+        batches = FewLabelBatches.batches_for(len(labels), batch_size - per_batch)
+        each = batch_size if len(labelled) == len(labels) else per_batch
+        return FewLabelBatches(
+            labelled, unlabelled + len(labels), each, batch_size - per_batch, batches, generator
+        )
 
     return sampler
 

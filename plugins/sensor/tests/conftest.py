@@ -1,19 +1,6 @@
-"""sensor tests: a clean kdcore registry that loads only this plugin, and a private data home."""
+"""sensor tests: a clean kdcore registry that loads only this plugin, and a private data home where
+the rendered digits are written once per session."""
 
-from __future__ import annotations
+from kdcore.testing import plugin_fixtures
 
-import pytest
-
-from kdcore.testing import plugin_only
-
-
-@pytest.fixture(scope="session")
-def data_home(tmp_path_factory: pytest.TempPathFactory):
-    """One ``KD_DATA_HOME`` for the whole session: the rendered digits are written once, never in ~/.cache."""
-    return tmp_path_factory.mktemp("kd-data-home")
-
-
-@pytest.fixture(autouse=True)
-def sensor_environment(data_home):
-    with plugin_only("sensor", data_home):
-        yield
+data_home, plugin_environment = plugin_fixtures("sensor")
