@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import tomllib
 
@@ -373,3 +375,25 @@ def test_train_compile_compiles_the_training_forwards_and_keeps_plain_checkpoint
             'distill.hints=[{student="features.2", teacher="features.2"}]',
         )
         fit(hinted, Registry(load_entry_points=False), console=QUIET)
+
+
+def test_a_run_of_the_small_networks_does_not_import_torchvision(tmp_path):
+    """torchvision is imported for its networks only: start-up a run of the small networks does not pay."""
+    script = (
+        "import io, sys\n"
+        "from rich.console import Console\n"
+        "from kdcore.config import resolve\n"
+        "from kdcore.engine import fit\n"
+        "from kdcore.plugins import Registry\n"
+        "registry = Registry(load_entry_points=False)\n"
+        "task = registry.get_task('classify', 'digits')\n"
+        "sets = ['teacher.arch=\"cnn_small\"', 'student.arch=\"mlp\"', 'teacher.epochs=1',"
+        " 'student.epochs=1', 'distill.baseline=false', 'device=\"cpu\"']\n"
+        f"config = resolve(task.defaults, sets=sets, overrides={{'out_dir': {str(tmp_path)!r}}})\n"
+        "fit(config, registry, console=Console(file=io.StringIO()))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torchvision')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert list((tmp_path / "classify" / "digits").iterdir()), "the run was written"

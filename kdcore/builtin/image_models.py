@@ -53,9 +53,10 @@ class LargeCNN(nn.Module):
 
 
 def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -> nn.Module:
-    """Build ``arch`` for ``info['in_channels']`` input channels and ``info['num_classes']`` classes."""
-    from torchvision import models
+    """Build ``arch`` for ``info['in_channels']`` input channels and ``info['num_classes']`` classes.
 
+    torchvision is imported only for its networks (about 0.15 s of start-up here that a run of the small
+    networks does not need)."""
     c, k, size = info["in_channels"], info["num_classes"], info["image_size"]
     if arch == "mlp":
         return nn.Sequential(
@@ -66,10 +67,14 @@ def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -
     if arch == "cnn_large":
         return LargeCNN(c, k)
     if arch == "resnet18":
+        from torchvision import models
+
         model = models.resnet18(weights=None, num_classes=k)
         model.conv1 = nn.Conv2d(c, 64, kernel_size=7, stride=2, padding=3, bias=False)
         return model
     if arch == "mobilenet_v3_small":
+        from torchvision import models
+
         model = models.mobilenet_v3_small(weights=None, num_classes=k)
         first = model.features[0][0]
         model.features[0][0] = nn.Conv2d(c, first.out_channels, 3, stride=2, padding=1, bias=False)
