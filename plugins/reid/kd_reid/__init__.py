@@ -75,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
         "search": False,  # the search variant turns it on
         "arch_lr": 3e-3,
         "genotype": "search",  # the search variant's result, or a genotype .json file
-        "channels": 8,
+        "channels": 24,  # of the derived network's first cells (5 % of ResNet-18's parameters)
+        "search_channels": 8,  # of the supernet's: a narrow proxy, as DARTS searches
         "layers": 5,  # cells of the derived network
         "search_layers": 3,  # cells of the supernet
         "steps": 4,

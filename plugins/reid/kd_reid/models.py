@@ -10,10 +10,11 @@ kdas              the derived network of ``options.genotype`` (:class:`~kd_reid.
 ================  ==========================================================================
 
 No pretrained weights are downloaded (the machine may be offline): the teachers start from scratch, or
-from ``teacher.checkpoint``. The cell networks take ``options.channels`` (of the first cells),
-``options.steps`` (nodes per cell) and ``options.embedding``; the supernet stacks ``options.search_layers``
-cells and the derived network ``options.layers`` (a shallow proxy for the search and a deeper network
-for training, as DARTS searches with 8 cells and trains 20).
+from ``teacher.checkpoint``. The cell networks take ``options.steps`` (nodes per cell) and
+``options.embedding``; the supernet has ``options.search_layers`` cells of ``options.search_channels``
+and the derived network ``options.layers`` cells of ``options.channels`` (channels of the first cells):
+a narrow, shallow proxy for the search and a wider, deeper network for training, as DARTS searches
+with 8 cells of 16 channels and trains 20 of 36.
 """
 
 from __future__ import annotations
@@ -78,12 +79,11 @@ def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -
     options = config["options"]
     if arch in ("resnet18", "resnet50"):
         return ResNetReID(int(arch.removeprefix("resnet")), num_classes)
-    channels, embedding = int(options["channels"]), int(options["embedding"])
+    embedding = int(options["embedding"])
     if arch == "kdas_search":
-        layers = int(options["search_layers"])
+        channels, layers = int(options["search_channels"]), int(options["search_layers"])
         return SearchNetwork(num_classes, channels, layers, int(options["steps"]), embedding)
     if arch == "kdas":
-        return DerivedNetwork(
-            genotype_of(info, options), num_classes, channels, int(options["layers"]), embedding
-        )
+        channels, layers = int(options["channels"]), int(options["layers"])
+        return DerivedNetwork(genotype_of(info, options), num_classes, channels, layers, embedding)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")

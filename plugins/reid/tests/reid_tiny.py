@@ -23,6 +23,7 @@ TINY = (
     "options.height=32",
     "options.width=16",
     "options.channels=4",
+    "options.search_channels=4",
     "options.layers=3",
     "options.search_layers=3",
     "options.steps=2",

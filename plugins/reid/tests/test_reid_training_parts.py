@@ -96,7 +96,16 @@ def test_the_supervised_loss_is_smoothed_ce_plus_triplet_and_kd_is_kdcores_kl():
     )
 
 
-CONFIG = {"options": {"channels": 4, "layers": 3, "search_layers": 3, "steps": 2, "embedding": 16}}
+CONFIG = {
+    "options": {
+        "channels": 4,
+        "search_channels": 4,
+        "layers": 3,
+        "search_layers": 3,
+        "steps": 2,
+        "embedding": 16,
+    }
+}
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "kdas_search"])
@@ -122,3 +131,15 @@ def test_the_genotype_is_found_by_variant_name_or_file(tmp_path):
         genotype_of(info, {"genotype": ""})
     with pytest.raises(ValueError, match=r"published: search"):
         genotype_of(info, {"genotype": "other"})
+
+
+def test_the_search_runs_narrow_and_the_derived_network_at_its_own_width():
+    options = {**CONFIG["options"], "search_channels": 4, "channels": 8}
+    search = build_model("kdas_search", {"num_classes": 3}, {"options": options})
+    genotype = search.derive()
+    info = {"num_classes": 3, "genotypes": {"search": genotype.to_dict()}}
+    derived = build_model("kdas", info, {"options": {**options, "genotype": "search"}})
+    narrow = build_model("kdas", info, {"options": {**options, "genotype": "search", "channels": 4}})
+    assert search.stem[3].out_channels == 3 * 4  # the stem ends at 3 x the cells' channels
+    assert derived.stem[3].out_channels == 3 * 8
+    assert sum(p.numel() for p in derived.parameters()) > 2 * sum(p.numel() for p in narrow.parameters())
