@@ -6,8 +6,10 @@ import io
 import os
 import socket
 import sys
+import tempfile
 import types
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -59,9 +61,11 @@ def worker(rank: int, world_size: int, port: int, out: str, sets: list[str]) -> 
 
 
 def launch(tmp_path: Path, sets: list[str] = ()) -> None:
-    """Two processes on the CPU, also where GPUs are present (one GPU could not take two NCCL ranks)."""
+    """Two processes on the CPU, also where GPUs are present (one GPU could not take two NCCL ranks).
+    torch's spawn leaves an error file per process in the temporary folder: here, ``tmp_path``."""
     sets = ["device=cpu", *sets]
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path), sets), nprocs=2, join=True)
+    with mock.patch.object(tempfile, "tempdir", str(tmp_path)):
+        mp.spawn(worker, args=(2, free_port(), str(tmp_path), sets), nprocs=2, join=True)
 
 
 def test_two_processes_end_with_identical_weights_and_one_run_directory(tmp_path):
