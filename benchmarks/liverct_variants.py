@@ -107,7 +107,7 @@ def gflops(model: torch.nn.Module, volume: torch.Tensor, options: dict) -> float
     return counter.get_total_flops() / 1e9
 
 
-def speed(args: argparse.Namespace, config: dict) -> list[dict]:
+def speed(args: argparse.Namespace, config: dict, device: torch.device) -> list[dict]:
     info = {"in_channels": 1, "num_classes": 3}
     names = [
         config["teacher"]["arch"],
@@ -117,19 +117,13 @@ def speed(args: argparse.Namespace, config: dict) -> list[dict]:
         "unet_30k",
     ]
     names = list(dict.fromkeys(names))
-    device = select_device(args.device)
-    models = {name: build_model(name, info, config).eval() for name in names}
-    volume = torch.rand(1, 1, *args.volume)
+    models = {name: build_model(name, info, config).eval().to(device) for name in names}
+    volume = torch.rand(1, 1, *args.volume).to(device)  # drawn on the CPU: the same case on any device
     options = config["options"]
     dtype = AMP_DTYPES.get(args.amp)
-    on_device = {name: model.to(device) for name, model in models.items()}
-    runs = {
-        name: partial(sliding_window_logits, model, volume.to(device), options)
-        for name, model in on_device.items()
-    }
+    runs = {name: partial(sliding_window_logits, model, volume, options) for name, model in models.items()}
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         seconds = interleaved_seconds(runs, args.repeats)
-    models = {name: model.cpu() for name, model in on_device.items()}
     student = seconds[config["student"]["arch"]]
     return [
         {
@@ -161,6 +155,7 @@ def main() -> None:
     task = get_registry().get_task("liverct", "liver")
     config = resolve(task.defaults, sets=args.sets)
     args.variants = ["no-KD", *config["variants"]]  # the default's three, and any added with --set
+    device = select_device(args.device)
     started = time.perf_counter()
     result: dict = {
         "benchmark": "liverct_variants",
@@ -168,9 +163,9 @@ def main() -> None:
         "config": {k: config[k] for k in ("teacher", "student", "distill", "options")},
         "overrides": args.sets,
         "volume": args.volume,
-        "speed": speed(args, config),
+        "speed_device": str(device),
+        "speed": speed(args, config, device),
     }
-    device = result["speed_device"] = str(select_device(args.device))
     table = Table(
         title=f"{device} sliding-window inference, amp {args.amp}, volume {' x '.join(map(str, args.volume))}"
     )
