@@ -10,7 +10,11 @@ Speed. Each architecture segments the same fixed-size volume with the sliding wi
 ``--device cuda`` on a GPU (``--amp float16`` or ``bfloat16`` under autocast): a warm-up, then
 ``--repeats`` rounds that time every model once per round, in turn (A B C A B C ...). The table quotes
 the median seconds per case, the ratio to the student, and the floating-point operations of one pass
-(the ratio a compute-bound device would approach; small 3-D convolutions on a CPU are not).
+(the ratio a compute-bound device would approach; small 3-D convolutions on a CPU are not). Every model
+runs as evaluation and ``kd predict`` run it (on a CPU with the sub-pixel rewrite of
+``kd_liverct.fast_inference``) at the evaluation's windows per pass and at each of
+``--windows-per-pass`` (the outputs are the same; only the batching differs), and "as built" (MONAI's
+network unchanged) at the evaluation's windows per pass.
 
     .venv/bin/python benchmarks/liverct_variants.py --seeds 3 [--set student.epochs=80]
     .venv/bin/python benchmarks/liverct_variants.py --set variants.kd_a3.distill.alpha=0.3  # one more
@@ -101,13 +105,16 @@ def wins(rows: list[dict], seeds: int, key: str) -> dict[str, int]:
 
 
 def gflops(model: torch.nn.Module, volume: torch.Tensor, options: dict) -> float:
-    """Floating-point operations (in 1e9) of one sliding-window pass over ``volume``."""
+    """Floating-point operations (in 1e9) of one sliding-window pass over ``volume``, by the network as
+    built (the sub-pixel rewrite multiplies some zeros; they are not the network's arithmetic)."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        sliding_window_logits(model, volume, options)
+        sliding_window_logits(model, volume, options, rewrite=False)
     return counter.get_total_flops() / 1e9
 
 
 def speed(args: argparse.Namespace, config: dict, device: torch.device) -> list[dict]:
+    """Seconds per case of each architecture: at the evaluation's windows per pass, at each of
+    ``args.windows_per_pass``, and as built (without the rewrite) at the evaluation's windows per pass."""
     info = {"in_channels": 1, "num_classes": 3}
     names = [
         config["teacher"]["arch"],
@@ -120,21 +127,69 @@ def speed(args: argparse.Namespace, config: dict, device: torch.device) -> list[
     models = {name: build_model(name, info, config).eval().to(device) for name in names}
     volume = torch.rand(1, 1, *args.volume).to(device)  # drawn on the CPU: the same case on any device
     options = config["options"]
+    per_pass = sorted({int(options["sw_batch_size"]), *args.windows_per_pass})
     dtype = AMP_DTYPES.get(args.amp)
-    runs = {name: partial(sliding_window_logits, model, volume, options) for name, model in models.items()}
+    runs = {}
+    for name, model in models.items():
+        for windows in per_pass:
+            batched = {**options, "sw_batch_size": windows}
+            runs[name, windows] = partial(sliding_window_logits, model, volume, batched)
+        runs[name, "as built"] = partial(sliding_window_logits, model, volume, options, rewrite=False)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         seconds = interleaved_seconds(runs, args.repeats)
-    student = seconds[config["student"]["arch"]]
-    return [
-        {
-            "arch": name,
-            "parameters": count_parameters(models[name]),
-            "gflops_per_case": gflops(models[name], volume, options),
-            "seconds_per_case": seconds[name],
-            "times_student": seconds[name] / student,
-        }
-        for name in names
-    ]
+    rows = []
+    for name in names:
+        by_windows = {windows: seconds[name, windows] for windows in per_pass}
+        best = min(by_windows, key=by_windows.get)
+        rows.append(
+            {
+                "arch": name,
+                "parameters": count_parameters(models[name]),
+                "gflops_per_case": gflops(models[name], volume, options),
+                "seconds_per_case": seconds[name, int(options["sw_batch_size"])],
+                "seconds_by_windows_per_pass": by_windows,
+                "best_windows_per_pass": best,
+                "best_seconds_per_case": by_windows[best],
+                "seconds_per_case_as_built": seconds[name, "as built"],
+            }
+        )
+    student = next(row for row in rows if row["arch"] == config["student"]["arch"])
+    for row in rows:
+        for key in ("seconds_per_case", "best_seconds_per_case", "seconds_per_case_as_built"):
+            row[key.replace("seconds_per_case", "times_student")] = row[key] / student[key]
+    return rows
+
+
+def speed_table(result: dict, args: argparse.Namespace, device: torch.device) -> Table:
+    windows = result["config"]["options"]["sw_batch_size"]
+    table = Table(
+        title=f"{device} sliding-window inference, amp {args.amp}, volume {' x '.join(map(str, args.volume))}"
+    )
+    table.add_column("arch", no_wrap=True)
+    for column in (
+        "parameters",
+        "GFLOP / case",
+        f"s / case ({windows} / pass)",
+        "x student",
+        "best s / case (windows / pass)",
+        "x student",
+        "as built: s / case",
+        "x student",
+    ):
+        table.add_column(column, justify="right")
+    for row in result["speed"]:
+        table.add_row(
+            row["arch"],
+            f"{row['parameters']:,}",
+            f"{row['gflops_per_case']:.2f}",
+            f"{row['seconds_per_case']:.3f}",
+            f"{row['times_student']:.2f}",
+            f"{row['best_seconds_per_case']:.3f} ({row['best_windows_per_pass']})",
+            f"{row['best_times_student']:.2f}",
+            f"{row['seconds_per_case_as_built']:.3f}",
+            f"{row['times_student_as_built']:.2f}",
+        )
+    return table
 
 
 def main() -> None:
@@ -145,6 +200,13 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--volume", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"))
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--windows-per-pass",
+        type=int,
+        nargs="+",
+        default=[16, 32],
+        help="windows per forward pass to time besides the evaluation's own (options.sw_batch_size)",
+    )
     parser.add_argument("--skip-training", action="store_true", help="measure speed only")
     parser.add_argument("--device", default="cpu", help="where the speed part runs: cpu, cuda, auto")
     parser.add_argument("--amp", choices=("off", *AMP_DTYPES), default="off", help="autocast dtype for speed")
@@ -166,19 +228,7 @@ def main() -> None:
         "speed_device": str(device),
         "speed": speed(args, config, device),
     }
-    table = Table(
-        title=f"{device} sliding-window inference, amp {args.amp}, volume {' x '.join(map(str, args.volume))}"
-    )
-    for column in ("arch", "parameters", "GFLOP / case", "s / case", "x student"):
-        table.add_column(column, justify="right")
-    for row in result["speed"]:
-        table.add_row(
-            row["arch"],
-            f"{row['parameters']:,}",
-            f"{row['gflops_per_case']:.2f}",
-            f"{row['seconds_per_case']:.3f}",
-            f"{row['times_student']:.2f}",
-        )
+    table = speed_table(result, args, device)
     Console().print(table)
 
     if not args.skip_training:
