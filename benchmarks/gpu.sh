@@ -29,7 +29,7 @@ for amp in off float16; do
     for volume in "96 96 64" "256 256 128"; do
         name="liverct_${amp}_${volume// /x}"
         # shellcheck disable=SC2086  # the volume is three numbers
-        step "$name" 60 "$py" benchmarks/liverct_variants.py --skip-training --device cuda --amp "$amp" \
-            --volume $volume --out "$out/$name.json"
+        step "$name" 120 "$py" benchmarks/liverct_variants.py --skip-training --device cuda --amp "$amp" \
+            --volume $volume --windows-per-pass 32 128 --out "$out/$name.json"
     done
 done
