@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,3 +55,20 @@ class FewLabelBatches:
                 queue += self.labelled[order].tolist()
             taken, queue = queue[: self.labelled_per_batch], queue[self.labelled_per_batch :]
             yield taken + unlabelled[batch * step : (batch + 1) * step].tolist()
+
+
+def labelled_share(config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(labelled, unlabelled)`` items per batch for :class:`FewLabelBatches`: the config's
+    ``options.labelled_per_batch`` and the rest of ``data.batch_size``.
+
+    Raises:
+        ValueError: naming both keys, unless ``1 <= labelled_per_batch <= data.batch_size - 1``.
+    """
+    batch_size = int(config["data"]["batch_size"])
+    per_batch = int(config["options"]["labelled_per_batch"])
+    if not 0 < per_batch < batch_size:
+        raise ValueError(
+            f"options.labelled_per_batch must be between 1 and data.batch_size - 1 ({batch_size - 1}), "
+            f"got {per_batch}"
+        )
+    return per_batch, batch_size - per_batch

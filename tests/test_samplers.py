@@ -1,4 +1,4 @@
-"""kdcore.samplers.FewLabelBatches: a few labelled items over and over, each unlabelled item once an epoch."""
+"""kdcore.samplers: a few labelled items over and over, each unlabelled item once an epoch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcore.samplers import FewLabelBatches
+from kdcore.samplers import FewLabelBatches, labelled_share
 
 
 def batches(labelled, unlabelled, per_labelled, per_unlabelled, count, seed=0):
@@ -61,3 +61,14 @@ def test_bad_settings_are_refused(labelled, per_labelled, per_unlabelled, count,
 
 def test_batches_for_rounds_up_and_is_at_least_one():
     assert [FewLabelBatches.batches_for(n, 4) for n in (0, 1, 4, 5, 8, 9)] == [1, 1, 1, 2, 2, 3]
+
+
+def test_labelled_share_splits_the_batch_and_names_both_keys_when_it_cannot():
+    config = {"data": {"batch_size": 32}, "options": {"labelled_per_batch": 8}}
+    assert labelled_share(config) == (8, 24)
+    for bad in (0, 32, 40):
+        config["options"]["labelled_per_batch"] = bad
+        with pytest.raises(
+            ValueError, match=rf"options.labelled_per_batch .*data.batch_size - 1 \(31\), got {bad}"
+        ):
+            labelled_share(config)

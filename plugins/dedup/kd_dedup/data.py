@@ -41,7 +41,7 @@ from kd_dedup.blocking import FEBRL_PASSES, candidate_pairs, validate_passes
 from kd_dedup.encoding import encode_records
 from kd_dedup.tables import FEBRL_SETS, RecordTable, load_table
 from kdcore import TaskData
-from kdcore.samplers import FewLabelBatches
+from kdcore.samplers import FewLabelBatches, labelled_share
 
 
 class PairSet(Dataset):
@@ -95,14 +95,7 @@ def mixed_batch_sampler(labels: np.ndarray):
     unlabelled = np.flatnonzero(labels == UNLABELLED)
 
     def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> FewLabelBatches:
-        batch_size = int(config["data"]["batch_size"])
-        per_batch = int(config["options"]["labelled_per_batch"])
-        if not 0 < per_batch < batch_size:
-            raise ValueError(
-                f"options.labelled_per_batch must be between 1 and data.batch_size - 1 ({batch_size - 1}), "
-                f"got {per_batch}"
-            )
-        rest = batch_size - per_batch  # every unlabelled pair once an epoch, in batches with the few labelled
+        per_batch, rest = labelled_share(config)  # every unlabelled pair once an epoch, with the few labelled
         batches = FewLabelBatches.batches_for(len(unlabelled), rest)
         return FewLabelBatches(labelled, unlabelled, per_batch, rest, batches, generator)
 

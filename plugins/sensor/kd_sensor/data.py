@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, TensorDataset
 from kd_sensor import HIDDEN
 from kd_sensor.pairs import MANIFEST_NAME, PairedSplits, load_image_folder, load_paired
 from kdcore import TaskData, data_home
-from kdcore.samplers import FewLabelBatches
+from kdcore.samplers import FewLabelBatches, labelled_share
 
 
 def read_images(paths: Sequence[Path], what: str) -> torch.Tensor:
@@ -99,22 +99,15 @@ def label_budget_sampler(labels: np.ndarray):
     def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> FewLabelBatches:
         options, batch_size = config["options"], int(config["data"]["batch_size"])
         labelled = choose_labelled(labels, int(options["labels"]), int(options["label_seed"]))
-        per_batch = int(options["labelled_per_batch"])
-        if not 0 < per_batch < batch_size:
-            raise ValueError(
-                f"options.labelled_per_batch must be between 1 and data.batch_size - 1 ({batch_size - 1}), "
-                f"got {per_batch}"
-            )
+        per_batch, rest = labelled_share(config)
         unlabelled = np.setdiff1d(np.arange(len(labels)), labelled)
         if not options["distill_unlabelled"]:
             unlabelled = unlabelled[:0]
         # The same number of steps whatever the budget and recipe; with every pair labelled, whole
         # batches of them. Unlabelled pairs are read through the hidden-label view (indices + pairs).
-        batches = FewLabelBatches.batches_for(len(labels), batch_size - per_batch)
+        batches = FewLabelBatches.batches_for(len(labels), rest)
         each = batch_size if len(labelled) == len(labels) else per_batch
-        return FewLabelBatches(
-            labelled, unlabelled + len(labels), each, batch_size - per_batch, batches, generator
-        )
+        return FewLabelBatches(labelled, unlabelled + len(labels), each, rest, batches, generator)
 
     return sampler
 
