@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -145,6 +147,60 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
 
     data = {"format": CHECKPOINT_FORMAT, **payload}
     return atomic_write(path, lambda fh: torch.save(data, fh))
+
+
+def snapshot(payload: Any) -> Any:
+    """A copy of a checkpoint payload that later training cannot change: every tensor copied to the CPU
+    (detached), every dict, list and tuple rebuilt, other mutable values deep-copied. What a
+    :class:`BackgroundWriter` job saves while the next epoch trains."""
+    import torch
+
+    if isinstance(payload, torch.Tensor):
+        return payload.detach().to("cpu", copy=True)
+    if isinstance(payload, Mapping):
+        return {key: snapshot(value) for key, value in payload.items()}
+    if isinstance(payload, list | tuple):
+        return type(payload)(snapshot(value) for value in payload)
+    if payload is None or isinstance(payload, bool | int | float | str | bytes):
+        return payload
+    return copy.deepcopy(payload)
+
+
+class BackgroundWriter:
+    """Runs file writes on a background thread, one at a time and in order, so that training does not
+    wait for serialisation and ``fsync``.
+
+    :meth:`submit` first waits for the previous job, so at most one is in flight and files are replaced
+    in the order they were submitted. A job's exception is raised in the caller by the next
+    :meth:`submit` or :meth:`wait`. The thread is not a daemon: an interpreter that exits while a job runs
+    waits for it, so a started write always finishes (each is atomic, so a killed process leaves the
+    previous file). Jobs must save a :func:`snapshot`, not live tensors.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], object]) -> None:
+        """Wait for the previous job (raising its error), then start ``job``."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="kdcore-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the job in flight has finished; raise its exception, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _run(self, job: Callable[[], object]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # handed to the training thread at its next submit() or wait()
+            self._error = exc
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -7,6 +7,7 @@ the run directory with its summary.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -38,7 +39,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdcore import distributed
-from kdcore.checkpoint import atomic_copy, atomic_write_text, load_checkpoint, save_checkpoint
+from kdcore.checkpoint import (
+    BackgroundWriter,
+    atomic_copy,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    snapshot,
+)
 from kdcore.config import write_config
 from kdcore.hints import HintTerms, parse_hints
 from kdcore.plugins import Registry, get_registry
@@ -748,23 +756,35 @@ def _train_stage(
         first_epoch = epochs if resume["ended"] else run.epoch + 1
         started -= seconds
 
+    writer = BackgroundWriter()
+
     def save_epoch(ended: bool, metrics: Mapping[str, Any] | None = None, improved: bool = False) -> None:
         """One write per epoch: the resume state, a checkpoint that ``kd eval`` also reads. After a
         validation (``metrics``) ``last.pt`` and, when the metric ``improved``, ``best.pt`` become hard
-        links of those same bytes."""
+        links of those same bytes. The state is copied now and written on ``writer``'s thread."""
         if not run.dist.is_main:
             return
         if run.dist.active:  # no resume under torchrun yet: only the checkpoints
-            if metrics is not None:
-                save_checkpoint(last_path, _checkpoint_payload(run, stage, model, optimizer, metrics))
+            if metrics is None:
+                return
+            payload = snapshot(_checkpoint_payload(run, stage, model, optimizer, metrics))
         else:
             state = {"best": best, "best_epoch": best_epoch, "value": value, "ended": ended}
             state["seconds"] = time.perf_counter() - started
-            saved = save_resume_state(run.run_dir, _stage_state(run, stage, state, parts, metrics or {}))
-            if metrics is not None:
-                atomic_copy(saved, last_path)
-        if improved:
-            atomic_copy(last_path, best_path)
+            payload = snapshot(_stage_state(run, stage, state, parts, metrics or {}))
+        resumable, validated = not run.dist.active, metrics is not None
+
+        def write() -> None:
+            if resumable:
+                saved = save_resume_state(run.run_dir, payload)
+                if validated:
+                    atomic_copy(saved, last_path)
+            else:
+                save_checkpoint(last_path, payload)
+            if improved:
+                atomic_copy(last_path, best_path)
+
+        writer.submit(write)  # serialised and fsynced while the next epoch trains
 
     progress = Progress(
         TextColumn(f"[bold]{escape(stage.label)}[/]"),
@@ -855,11 +875,18 @@ def _train_stage(
                 save_epoch(run.stop_requested or epoch == epochs - 1, metrics, improved)
                 if run.stop_requested:
                     break
+        writer.wait()  # the last epoch's files are on disk before the stage reports and hands on
     except KeyboardInterrupt:
-        # The weights of the moment, for `kd eval`; resuming restarts from the last finished epoch.
+        # The weights of the moment, for `kd eval`; resuming restarts from the last finished epoch,
+        # whose write is finished first.
+        writer.wait()
         if run.dist.is_main:
             state = _checkpoint_payload(run, stage, model, optimizer, {})
             save_checkpoint(ckpt_dir / f"{prefix}interrupted.pt", state)
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error being raised is the one to report
+            writer.wait()
         raise
     finally:
         if run.hints is not None:

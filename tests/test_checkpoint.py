@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 
 import pytest
 import torch
 
 from kdcore.checkpoint import (
+    BackgroundWriter,
     CheckpointError,
     atomic_directory,
     atomic_write,
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
+    snapshot,
     write_once,
 )
 
@@ -123,3 +126,49 @@ def test_write_once_builds_a_data_set_folder_once_and_never_half(tmp_path):
     ):
         write_once(foreign, write, complete, "a test set")
     assert [p.name for p in foreign.iterdir()] == ["mine.jpg"]
+
+
+def test_a_snapshot_is_not_changed_by_later_training():
+    weight = torch.ones(3)
+    state = {"model": {"w": weight}, "history": [1, {"lr": [0.1]}], "pair": (weight, "x"), "n": None}
+    copied = snapshot(state)
+    weight.add_(1.0)
+    state["history"][1]["lr"].append(0.2)
+    assert torch.equal(copied["model"]["w"], torch.ones(3))
+    assert torch.equal(copied["pair"][0], torch.ones(3)) and copied["pair"][1] == "x"
+    assert copied["history"] == [1, {"lr": [0.1]}] and copied["n"] is None
+    assert copied["model"]["w"].device.type == "cpu" and not copied["model"]["w"].requires_grad
+
+
+def test_the_background_writer_runs_jobs_one_at_a_time_in_order(tmp_path):
+    release = threading.Event()
+    order: list[str] = []
+
+    def slow() -> None:
+        release.wait(timeout=10)
+        order.append("first")
+        save_checkpoint(tmp_path / "a.pt", {"model": {}, "epoch": 1})
+
+    writer = BackgroundWriter()
+    writer.submit(slow)
+    assert not (tmp_path / "a.pt").exists()  # the caller did not wait for the write
+    threading.Timer(0.2, release.set).start()
+    writer.submit(lambda: order.append("second"))  # waits for the first job before it starts
+    writer.wait()
+    assert order == ["first", "second"]
+    assert load_checkpoint(tmp_path / "a.pt")["epoch"] == 1
+
+
+def test_the_background_writer_raises_a_jobs_error_in_the_caller_once(tmp_path):
+    writer = BackgroundWriter()
+
+    def fails() -> None:
+        raise OSError(f"{tmp_path / 'resume.pt'}: no space left on device")
+
+    writer.submit(fails)
+    with pytest.raises(OSError, match="no space left"):
+        writer.wait()
+    writer.wait()  # reported once; the writer is usable again
+    writer.submit(fails)
+    with pytest.raises(OSError, match="no space left"):
+        writer.submit(lambda: None)  # the next submit reports it before starting anything
