@@ -156,6 +156,9 @@ def main() -> None:
 
     task = get_registry().get_task("reid", "person")
     config = resolve(task.defaults, sets=args.sets)
+    unknown = set(args.without) - set(extra_variants(config, args.shapes))
+    if unknown:
+        parser.error(f"--without {' '.join(sorted(unknown))}: not an extra variant of this config")
     extra = [name for name in extra_variants(config, args.shapes) if name not in args.without]
     args.variants = ["no-KD", "kdas", "kdas_const_t", *extra]
     started = time.perf_counter()
