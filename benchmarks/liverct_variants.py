@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from kd_liverct.fast_inference import inference_network
 from kd_liverct.metrics import sliding_window_logits
 from kd_liverct.models import build_model, count_parameters
 from kdcore.config import resolve
@@ -109,7 +110,7 @@ def gflops(model: torch.nn.Module, volume: torch.Tensor, options: dict) -> float
     """Floating-point operations (in 1e9) of one sliding-window pass over ``volume``, by the network as
     built (the sub-pixel rewrite multiplies some zeros; they are not the network's arithmetic)."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        sliding_window_logits(model, volume, options, rewrite=False)
+        sliding_window_logits(model, volume, options)
     return counter.get_total_flops() / 1e9
 
 
@@ -133,11 +134,12 @@ def speed(args: argparse.Namespace, config: dict, device: torch.device) -> list[
     dtype = AMP_DTYPES.get(args.amp)
     runs = {}
     for name, model in models.items():
+        fast = inference_network(model, device)  # once, as evaluation and `kd predict` do
         for count in per_pass:
             batched = {**options, "sw_batch_size": count}
-            runs[name, count] = partial(sliding_window_logits, model, volume, batched)
-        if device.type == "cpu":  # elsewhere nothing is rewritten: "as built" is the same run
-            runs[name, "as built"] = partial(sliding_window_logits, model, volume, options, rewrite=False)
+            runs[name, count] = partial(sliding_window_logits, fast, volume, batched)
+        if fast is not model:  # elsewhere nothing is rewritten: "as built" is the same run
+            runs[name, "as built"] = partial(sliding_window_logits, model, volume, options)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         seconds = interleaved_seconds(runs, args.repeats)
     rows = []

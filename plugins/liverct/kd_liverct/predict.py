@@ -36,6 +36,7 @@ from kd_liverct.data import (
     check_images,
     resolve_options,
 )
+from kd_liverct.fast_inference import inference_network
 from kd_liverct.metrics import sliding_window_logits
 from kd_liverct.models import build_model
 from kdcore.checkpoint import atomic_write, load_checkpoint
@@ -106,8 +107,8 @@ def predict_volume(
     transform = build_inference_transforms(opts)
     item = transform({"image": str(path)})
     volume = item["image"]  # MetaTensor [1, X, Y, Z] that records the spatial steps
-    model.eval()
-    logits = sliding_window_logits(model, volume.unsqueeze(0).to(device), opts, overlap)
+    fast = inference_network(model, torch.device(device))  # in eval mode; the model itself if done already
+    logits = sliding_window_logits(fast, volume.unsqueeze(0).to(device), opts, overlap)
     labels = logits.max(dim=1).indices.to("cpu", torch.float32)  # argmax (fast); [1, X, Y, Z] like the image
     from monai.transforms import Invertd
 
@@ -332,6 +333,7 @@ def predict_paths(
         raise PredictError(f"--overlap must be in [0, 1), got {overlap}")
     torch_device = select_device(device)
     model, config, state = load_run(run_dir, checkpoint, torch_device)
+    model = inference_network(model, torch_device)  # once for every volume
     options = resolve_options(config.get("options", {}))
     paths = collect_inputs(inputs)
     out_dir = Path(output_dir).expanduser().absolute()

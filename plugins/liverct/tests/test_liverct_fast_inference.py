@@ -97,5 +97,5 @@ def test_sliding_window_logits_match_the_plain_network():
     options = {"patch_size": [16, 16, 8], "sw_batch_size": 4}
     with torch.no_grad():
         plain = sliding_window_inference(volume, (16, 16, 8), 4, model, overlap=0.25, mode="gaussian")
-        got = sliding_window_logits(model, volume, options)
+        got = sliding_window_logits(inference_network(model, CPU), volume, options)
     torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
