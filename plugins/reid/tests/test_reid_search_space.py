@@ -43,9 +43,17 @@ def test_the_mixed_operation_is_the_weighted_sum_of_its_operations():
     torch.testing.assert_close(mixed(x, weights), expected)
 
 
+def test_the_part_aware_module_starts_as_the_identity():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 8, 4)
+    torch.testing.assert_close(PartAware(8, 1).eval()(x), x)
+    torch.testing.assert_close(PartAware(8, 2).eval()(x), torch.nn.functional.avg_pool2d(x, 2))
+
+
 def test_the_part_aware_module_mixes_information_between_horizontal_stripes():
     torch.manual_seed(0)
     module = PartAware(8, 1).eval()
+    torch.nn.init.ones_(module.bn.weight)  # as after training: the part context is switched on
     x = torch.zeros(1, 8, 8, 4)
     changed = x.clone()
     changed[:, :, :2] = 1.0  # only the top stripe (head) changes
