@@ -14,6 +14,7 @@ warm-up, then ``--repeats`` rounds that time every model once per round, in turn
 
     .venv/bin/python benchmarks/reid_kdas.py --seeds 3 [--shapes linear exponential] [--set KEY=VALUE]
     .venv/bin/python benchmarks/reid_kdas.py --seeds 3 --without kdas_logits_only  # 18 min shorter
+    .venv/bin/python benchmarks/reid_kdas.py --seeds 3 --teacher-run DIR/reid/person/RUN  # a kept teacher
     .venv/bin/python benchmarks/reid_kdas.py --skip-training        # speed only
 
 Prints tables and writes benchmarks/results/reid_kdas.json.
@@ -36,7 +37,7 @@ from rich.table import Table
 
 from kd_reid.models import build_model
 from kd_reid.search_space import Genotype
-from kdcore.config import resolve
+from kdcore.config import read_toml, resolve
 from kdcore.engine import count_parameters, fit
 from kdcore.plugins import get_registry
 from kdcore.report import read_metrics
@@ -65,14 +66,37 @@ def extra_variants(config: dict, shapes: list[str]) -> dict:
     return extra
 
 
-def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple[dict, list[dict], str]:
-    common = {"plugin": "reid", "task": "person", "out_dir": str(work), "train": {"progress": False}}
+def train_teacher(args: argparse.Namespace, task, quiet: Console, common: dict) -> Path:
+    """Train the teacher once (seed 0) in a run of its own; return that run's directory."""
     teacher_config = resolve(task.defaults, sets=[*args.sets, "distill.baseline=false"], overrides=common)
     teacher_config["variants"], teacher_config["primary_variant"] = {}, ""
     teacher_config["student"] = {**teacher_config["student"], "arch": "resnet18", "epochs": 1}
-    teacher_run = fit(teacher_config, console=quiet)
-    teacher = best_record(teacher_run.run_dir, "teacher")
-    checkpoint = str(teacher_run.run_dir / "checkpoints" / "teacher_best.pt")
+    return fit(teacher_config, console=quiet).run_dir
+
+
+def teacher_of(run_dir: Path) -> tuple[dict, str]:
+    """The teacher of a run: ``(summary, best checkpoint)``; errors name what the run lacks."""
+    checkpoint = run_dir / "checkpoints" / "teacher_best.pt"
+    summary_path = run_dir / "report" / "summary.json"
+    if not checkpoint.is_file() or not summary_path.is_file():
+        raise SystemExit(f"--teacher-run {run_dir}: expected {checkpoint} and {summary_path} (a kd reid run)")
+    config = read_toml(run_dir / "config.toml")
+    best, stage = best_record(run_dir, "teacher"), json.loads(summary_path.read_text())["stages"]["teacher"]
+    summary = {
+        "arch": config["teacher"]["arch"],
+        "mAP": best["mAP"],
+        "rank1": best["rank1"],
+        "parameters": stage["parameters"],
+        "seconds": stage["seconds"],
+        "run": str(run_dir),
+    }
+    return summary, str(checkpoint)
+
+
+def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple[dict, list[dict], str]:
+    common = {"plugin": "reid", "task": "person", "out_dir": str(work), "train": {"progress": False}}
+    teacher_run = Path(args.teacher_run) if args.teacher_run else train_teacher(args, task, quiet, common)
+    teacher_summary, checkpoint = teacher_of(teacher_run)
     rows, genotype = [], ""
     for seed in range(args.seeds):
         overrides = {**common, "seed": seed, "teacher": {"checkpoint": checkpoint}}
@@ -96,13 +120,6 @@ def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple
                     "genotype": json.loads(Path(run.run_dir / "genotype_search.json").read_text()),
                 }
             )
-    teacher_summary = {
-        "arch": teacher_config["teacher"]["arch"],
-        "mAP": teacher["mAP"],
-        "rank1": teacher["rank1"],
-        "parameters": teacher_run.summary["stages"]["teacher"]["parameters"],
-        "seconds": teacher_run.summary["stages"]["teacher"]["seconds"],
-    }
     return teacher_summary, rows, genotype
 
 
@@ -150,6 +167,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-training", action="store_true", help="measure speed only")
     parser.add_argument("--genotype", help="genotype file for --skip-training (default: the last results')")
+    parser.add_argument(
+        "--teacher-run",
+        metavar="RUN_DIR",
+        help="reuse the teacher of this run (one kept with --keep-runs) instead of training one",
+    )
     parser.add_argument("--out", default="benchmarks/results/reid_kdas.json")
     add_keep_runs(parser)
     args = parser.parse_args()
