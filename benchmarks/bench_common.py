@@ -27,14 +27,30 @@ from kdcore.plugins import DEFAULT_PLUGINS, Registry
 
 
 def environment() -> dict[str, Any]:
-    """Date, machine, GPU (if any), torch version and CPU threads: the context a figure needs."""
+    """Date, machine, CPU model and vector instructions, GPU (if any), torch version and CPU threads: the
+    context a figure needs. The vector instructions matter: the same VM type has come with AVX2-only and
+    with AVX-512 hosts, and CPU ratios between networks differed between them (BENCHMARKS.md, liverct)."""
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def cpu_model() -> str:
+    """The processor's model name as the OS reports it (``/proc/cpuinfo`` on Linux), or ``"unknown"``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def add_keep_runs(parser: argparse.ArgumentParser) -> None:
