@@ -19,7 +19,7 @@ from kd_dedup.data import (
     split_by_entity,
 )
 from kd_dedup.encoding import encode_records
-from kd_dedup.evaluation import match_metrics
+from kd_dedup.evaluation import blocking_summary, match_metrics
 from kd_dedup.tables import RecordTable, load_table
 from kdcore.config import resolve
 from kdcore.samplers import FewLabelBatches
@@ -76,6 +76,17 @@ def test_default_blocking_is_febrl_passes_for_febrl_columns_else_a_sorted_pass()
     ]
     with pytest.raises(ValueError, match="colour"):
         blocking_passes({"blocking": [{"method": "block", "on": ["colour"]}]}, ["title"])
+
+
+def test_blocking_completeness_counts_the_ground_truth_not_the_few_labels():
+    table = small_table([0, 0, 1, 1, 2, 2, 3])  # true pairs (0, 1), (2, 3), (4, 5)
+    pairs = np.array([[0, 1], [2, 3], [0, 2], [4, 6]])  # (4, 5) not proposed
+    labels = np.array([1, -1, -1, -1])  # a training pool: one pair labelled, the rest unlabelled
+    pool = PairSet(table, encode_records(table.records, ["name"], 8), pairs, labels)
+    summary = blocking_summary(pool)
+    assert summary["pairs_completeness"] == pytest.approx(2 / 3)
+    assert summary["candidate_pairs"] == 4 and summary["records"] == 7
+    assert summary["reduction_ratio"] == pytest.approx(1 - 4 / 21)
 
 
 def test_metrics_count_what_blocking_lost_as_misses():
