@@ -21,7 +21,7 @@ step of ``kd dedup apply`` with the student (encode, blocking, k-nearest neighbo
 and the process's peak resident memory, each N in its own process.
 
     .venv/bin/python benchmarks/dedup_transfer.py [--seeds 3] [--sizes 10000 20000 50000 100000]
-    .venv/bin/python benchmarks/dedup_transfer.py --parts quality --noise 0.5
+    .venv/bin/python benchmarks/dedup_transfer.py --parts quality --noise 0.3
 
 Prints tables and writes benchmarks/results/dedup_transfer.json.
 """
