@@ -17,6 +17,7 @@ runs as evaluation and ``kd predict`` run it (on a CPU with the sub-pixel rewrit
 network unchanged) at the evaluation's windows per pass.
 
     .venv/bin/python benchmarks/liverct_variants.py --seeds 3 [--set student.epochs=80]
+    .venv/bin/python benchmarks/liverct_variants.py --seeds 2 --first-seed 3  # two more seeds, 3 and 4
     .venv/bin/python benchmarks/liverct_variants.py --set variants.kd_a3.distill.alpha=0.3  # one more
     python benchmarks/liverct_variants.py --skip-training --device cuda --amp float16 --volume 256 256 128
 
@@ -70,7 +71,7 @@ def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple
     teacher = best_record(teacher_dir, "teacher")
     checkpoint = str(teacher_dir / "checkpoints" / "teacher_best.pt")
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         overrides = {**common, "seed": seed, "teacher": {"checkpoint": checkpoint}}
         run = fit(resolve(task.defaults, sets=args.sets, overrides=overrides), console=quiet)
         stages = run.summary["stages"]
@@ -96,9 +97,10 @@ def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple
     return teacher_summary, rows
 
 
-def wins(rows: list[dict], seeds: int, key: str) -> dict[str, int]:
+def wins(rows: list[dict], key: str) -> dict[str, int]:
     """In how many seeds each ordering of the target holds, scored on ``key`` ("best" or "final")."""
-    by_seed = [{r["variant"]: r[key] for r in rows if r["seed"] == seed} for seed in range(seeds)]
+    seeds = sorted({r["seed"] for r in rows})
+    by_seed = [{r["variant"]: r[key] for r in rows if r["seed"] == seed} for seed in seeds]
     return {
         "kd_over_no_kd": sum(s["kd"] > s["no-KD"] for s in by_seed),
         "gtan_over_kd": sum(s["gtan"] >= s["kd"] for s in by_seed),
@@ -202,6 +204,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="students' seeds are first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--volume", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"))
     parser.add_argument("--repeats", type=int, default=10)
@@ -256,7 +261,7 @@ def main() -> None:
             means[variant]["stdev"] = statistics.stdev(r["best"] for r in mine) if len(mine) > 1 else 0.0
             means[variant]["seconds"] = statistics.mean(r["seconds"] for r in mine)
         result["means"] = means
-        result["wins"] = {key: wins(rows, args.seeds, key) for key in ("best", "final")}
+        result["wins"] = {key: wins(rows, key) for key in ("best", "final")}
         table = Table(
             title=f"mean dice over {args.seeds} seeds; teacher {config['teacher']['arch']}: "
             f"{teacher['dice']:.4f} (liver {teacher['liver']:.3f}, tumour {teacher['tumour']:.3f})"
