@@ -3,7 +3,10 @@
 Quality. One teacher is trained once (seed 0) with the plugin's CPU default; then, for each seed, one
 ``kd`` run trains the default's three distilled variants (``gtan``, ``kd``, ``takd``) from that teacher
 and the no-KD baseline, all from the same student initialisation. "best" is the best validation mean
-dice (liver, tumour) over the validated epochs, "final" the dice after the last epoch.
+dice (liver, tumour) over the validated epochs, "final" the dice after the last epoch. "test" scores the
+checkpoint that "best" picked (the teacher's too) on ``--test-cases`` held-out phantom cases drawn with
+another seed (``kd eval RUN --data TEST``): the validation split has 4 cases and "best" is the maximum
+over all validated epochs on them, so it flatters every model; the test score is not chosen on its data.
 
 Speed. Each architecture segments the same fixed-size volume with the sliding window used in evaluation
 (``--volume``, after resampling; default 96 x 96 x 64 voxels), on the CPU (one thread per core) or with
@@ -37,13 +40,17 @@ from pathlib import Path
 
 import torch
 from bench_common import add_keep_runs, environment, interleaved_seconds, work_dir, write_result
+from click.testing import CliRunner
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from kd_liverct import phantom_root
 from kd_liverct.fast_inference import inference_network
 from kd_liverct.metrics import sliding_window_logits
 from kd_liverct.models import build_model, count_parameters
+from kdcore.checkpoint import load_checkpoint
+from kdcore.cli import cli
 from kdcore.config import resolve
 from kdcore.engine import AMP_DTYPES, fit, select_device
 from kdcore.plugins import get_registry
@@ -61,44 +68,75 @@ def best_record(run_dir: Path, stage: str) -> dict:
     return max(val, key=lambda r: r["dice"])
 
 
+def test_scores(run_dir: Path, test_root: Path, stages: list[str]) -> dict[str, dict]:
+    """The best checkpoint of each of ``stages`` scored on every case of ``test_root`` with
+    ``kd eval --data``: ``{"teacher": {"dice": ..., "dice_liver": ..., "dice_tumour": ...}, ...}``."""
+    scores = {}
+    for path in sorted((run_dir / "checkpoints").glob("*best.pt")):
+        stage = str(load_checkpoint(path)["stage"])
+        if stage not in stages:
+            continue
+        args = [
+            "eval",
+            str(run_dir),
+            "--data",
+            str(test_root),
+            "--checkpoint",
+            str(path.relative_to(run_dir)),
+        ]
+        result = CliRunner().invoke(cli, [*args, "--device", "cpu", "--json"])
+        if result.exit_code != 0:
+            raise RuntimeError(f"kd {' '.join(args)} failed: {result.output}")
+        scores[stage] = json.loads(result.stdout)
+    return scores
+
+
+def dice_record(metrics: dict, name: str) -> dict:
+    """``metrics``' mean, liver and tumour dice as ``{name: ..., name_liver: ..., name_tumour: ...}``."""
+    return {
+        name: metrics["dice"],
+        f"{name}_liver": metrics["dice_liver"],
+        f"{name}_tumour": metrics["dice_tumour"],
+    }
+
+
 def quality(args: argparse.Namespace, task, quiet: Console, work: Path) -> tuple[dict, list[dict]]:
     common = {"plugin": "liverct", "task": "liver", "out_dir": str(work), "train": {"progress": False}}
     teacher_config = resolve(task.defaults, sets=[*args.sets, "distill.baseline=false"], overrides=common)
     teacher_config["variants"] = {}  # the teacher alone: one (plain KD) student, no baseline
     teacher_config["student"]["epochs"] = 1
+    test_root = phantom_root({**teacher_config["options"], "phantom_cases": args.test_cases}, seed=1)
     teacher_run = fit(teacher_config, console=quiet)
     teacher_dir = teacher_run.run_dir
-    teacher = best_record(teacher_dir, "teacher")
     checkpoint = str(teacher_dir / "checkpoints" / "teacher_best.pt")
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         overrides = {**common, "seed": seed, "teacher": {"checkpoint": checkpoint}}
         run = fit(resolve(task.defaults, sets=args.sets, overrides=overrides), console=quiet)
         stages = run.summary["stages"]
+        tested = test_scores(run.run_dir, test_root, [stage_of(v) for v in args.variants])
         for variant in args.variants:
-            record = best_record(run.run_dir, stage_of(variant))
+            stage = stage_of(variant)
             rows.append(
                 {
                     "seed": seed,
                     "variant": variant,
-                    "best": record["dice"],
-                    "liver": record["dice_liver"],
-                    "tumour": record["dice_tumour"],
-                    "final": stages[stage_of(variant)]["final_metric"],
-                    "seconds": stages[stage_of(variant)]["seconds"],
+                    **dice_record(best_record(run.run_dir, stage), "best"),
+                    "final": stages[stage]["final_metric"],
+                    "seconds": stages[stage]["seconds"],
+                    **dice_record(tested[stage], "test"),
                 }
             )
     teacher_summary = {
-        "dice": teacher["dice"],
-        "liver": teacher["dice_liver"],
-        "tumour": teacher["dice_tumour"],
+        **dice_record(best_record(teacher_dir, "teacher"), "best"),
         "seconds": teacher_run.summary["stages"]["teacher"]["seconds"],
+        **dice_record(test_scores(teacher_dir, test_root, ["teacher"])["teacher"], "test"),
     }
     return teacher_summary, rows
 
 
 def wins(rows: list[dict], key: str) -> dict[str, int]:
-    """In how many seeds each ordering of the target holds, scored on ``key`` ("best" or "final")."""
+    """In how many seeds each ordering of the target holds, scored on ``key`` ("best", "final", "test")."""
     seeds = sorted({r["seed"] for r in rows})
     by_seed = [{r["variant"]: r[key] for r in rows if r["seed"] == seed} for seed in seeds]
     return {
@@ -217,6 +255,12 @@ def main() -> None:
         default=[16, 32],
         help="windows per forward pass to time besides the evaluation's own (options.sw_batch_size)",
     )
+    parser.add_argument(
+        "--test-cases",
+        type=int,
+        default=16,
+        help="held-out phantom cases (seed 1; training uses seed 0's) that score each best checkpoint",
+    )
     parser.add_argument("--skip-training", action="store_true", help="measure speed only")
     parser.add_argument("--device", default="cpu", help="where the speed part runs: cpu, cuda, auto")
     parser.add_argument("--amp", choices=("off", *AMP_DTYPES), default="off", help="autocast dtype for speed")
@@ -252,28 +296,28 @@ def main() -> None:
         teacher, rows = quality(args, task, Console(file=io.StringIO()), work)
         result["teacher"] = teacher
         result["seeds"] = rows
+        keys = ("best", "best_liver", "best_tumour", "final", "test", "test_liver", "test_tumour")
         means = {}
         for variant in args.variants:
             mine = [r for r in rows if r["variant"] == variant]
-            means[variant] = {
-                k: statistics.mean(r[k] for r in mine) for k in ("best", "liver", "tumour", "final")
-            }
-            means[variant]["stdev"] = statistics.stdev(r["best"] for r in mine) if len(mine) > 1 else 0.0
+            means[variant] = {k: statistics.mean(r[k] for r in mine) for k in keys}
+            for key in ("best", "test"):
+                spread = statistics.stdev(r[key] for r in mine) if len(mine) > 1 else 0.0
+                means[variant][f"{key}_stdev"] = spread
             means[variant]["seconds"] = statistics.mean(r["seconds"] for r in mine)
         result["means"] = means
-        result["wins"] = {key: wins(rows, key) for key in ("best", "final")}
+        result["wins"] = {key: wins(rows, key) for key in ("best", "final", "test")}
         table = Table(
             title=f"mean dice over {args.seeds} seeds; teacher {config['teacher']['arch']}: "
-            f"{teacher['dice']:.4f} (liver {teacher['liver']:.3f}, tumour {teacher['tumour']:.3f})"
+            f"validation best {teacher['best']:.4f}, test {teacher['test']:.4f} (liver "
+            f"{teacher['test_liver']:.3f}, tumour {teacher['test_tumour']:.3f}; {args.test_cases} cases)"
         )
-        for column in ("variant", "best", "± sd", "liver", "tumour", "final", "s / stage"):
+        columns = ("val best", "± sd", "final", "test", "± sd", "test liver", "test tumour")
+        for column in ("variant", *columns, "s / stage"):
             table.add_column(column, justify="right")
         for variant, m in means.items():
-            table.add_row(
-                variant,
-                *(f"{m[k]:.4f}" for k in ("best", "stdev", "liver", "tumour", "final")),
-                f"{m['seconds']:.0f}",
-            )
+            shown = ("best", "best_stdev", "final", "test", "test_stdev", "test_liver", "test_tumour")
+            table.add_row(variant, *(f"{m[k]:.4f}" for k in shown), f"{m['seconds']:.0f}")
         Console().print(table)
         print(json.dumps(result["wins"]))
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -59,14 +59,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def phantom_root(options: Mapping[str, Any]) -> Path:
-    """The phantom data set for ``options``, written on first use (atomically) and reused after."""
+def phantom_root(options: Mapping[str, Any], seed: int = 0) -> Path:
+    """The phantom data set for ``options``, written on first use (atomically) and reused after.
+
+    Training uses seed 0; another ``seed`` draws other, independent cases (a held-out test set:
+    ``benchmarks/liverct_variants.py`` scores every variant on seed 1's cases with ``kd eval --data``).
+    """
     from kd_liverct.phantom import PHANTOM_VERSION, write_phantom_dataset
 
     cases, size = int(options["phantom_cases"]), str(options["phantom_size"])
-    root = data_home() / "liverct" / f"phantom-v{PHANTOM_VERSION}-{size}-{cases}-seed0"
+    root = data_home() / "liverct" / f"phantom-v{PHANTOM_VERSION}-{size}-{cases}-seed{seed}"
     if not (root / "dataset.json").is_file():
-        write_phantom_dataset(root, num_cases=cases, seed=0, size=size)
+        write_phantom_dataset(root, num_cases=cases, seed=seed, size=size)
     return root
 
 
@@ -90,6 +94,7 @@ LIVER = Task(
     main_metric="dice",
     supervised_loss=lazy("kd_liverct.metrics:dice_ce_loss"),
     split_batch=lazy("kd_liverct.metrics:split_image_label"),
+    build_eval_data=lazy("kd_liverct.data:build_eval_data"),  # kd eval --data: every case, not a split
 )
 
 

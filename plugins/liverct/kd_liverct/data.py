@@ -682,6 +682,16 @@ class ReseedableDataset(Dataset):
         return self.dataset[index]
 
 
+def _case_dataset(cases: Sequence[Case], opts: Mapping[str, Any], *, train: bool) -> Any:
+    """``cases`` in a MONAI ``CacheDataset`` with the training (patches) or validation (whole volumes)
+    transforms of ``opts``."""
+    from monai.data import CacheDataset
+
+    items = [{"image": str(c.image), "label": str(c.label)} for c in cases]
+    transform = build_transforms(opts, train=train)
+    return CacheDataset(items, transform, cache_rate=float(opts["cache_rate"]), num_workers=0, progress=False)
+
+
 def build_datasets(
     root: str | Path, options: Mapping[str, Any], seed: int, *, check: bool = True
 ) -> TaskData:
@@ -699,7 +709,7 @@ def build_datasets(
         ``{"image": float32 [B, 1, X, Y, Z], "label": int64 [B, 1, X, Y, Z]}`` with B = batch_size ×
         samples_per_volume in training. Validation batches must hold one volume (shapes differ).
     """
-    from monai.data import CacheDataset, list_data_collate
+    from monai.data import list_data_collate
 
     opts = resolve_options(options)
     cases, classes = find_cases(root)
@@ -711,14 +721,6 @@ def build_datasets(
             f"{len(classes)} classes ({', '.join(classes.values())}): give one weight per class"
         )
     train_cases, val_cases = split_cases(cases, float(opts["val_fraction"]))
-
-    def dataset(subset: list[Case], train: bool) -> Any:
-        transform = build_transforms(opts, train=train)
-        items = [{"image": str(c.image), "label": str(c.label)} for c in subset]
-        return CacheDataset(
-            items, transform, cache_rate=float(opts["cache_rate"]), num_workers=0, progress=False
-        )
-
     info = {
         "num_classes": len(classes),
         "classes": [classes[k] for k in sorted(classes)],
@@ -730,8 +732,8 @@ def build_datasets(
         "val_cases": [c.name for c in val_cases],
     }
     return TaskData(
-        train=ReseedableDataset(dataset(train_cases, True), seed),
-        val=dataset(val_cases, False),
+        train=ReseedableDataset(_case_dataset(train_cases, opts, train=True), seed),
+        val=_case_dataset(val_cases, opts, train=False),
         info=info,
         collate_fn=list_data_collate,
     )
@@ -743,3 +745,25 @@ def build_data(config: Mapping[str, Any]) -> TaskData:
     if not path:
         raise LiverDataError("no data path given: pass --data PATH (an MSD Task03_Liver or LiTS folder)")
     return build_datasets(path, config.get("options", {}), int(config.get("seed", 0)))
+
+
+def build_eval_data(config: Mapping[str, Any], info: Mapping[str, Any]) -> Any:
+    """``Task.build_eval_data``: ``kd eval RUN_DIR --data PATH`` scores a checkpoint on every case under
+    ``PATH`` (an MSD Task03_Liver or LiTS folder), not on a validation split of it: a held-out test set.
+
+    The cases are checked as for training and preprocessed as the run's validation cases (the run's
+    ``options``: spacing, HU window, crop). The folder must declare as many classes as the model has;
+    label ``k`` means the model's class ``k`` (MSD calls class 2 "cancer", LiTS "tumour").
+    """
+    root = config["data"]["path"]
+    opts = resolve_options(config.get("options", {}))
+    cases, classes = find_cases(root)
+    expected = [str(name) for name in info["classes"]]
+    if len(classes) != len(expected):
+        declared = [classes[k] for k in sorted(classes)]
+        raise LiverDataError(
+            f"{root}: declares {len(declared)} classes {declared}, but the model was trained on "
+            f"{len(expected)} {expected}; give it data labelled with the model's classes"
+        )
+    check_cases(cases, classes, hu_min=float(opts["hu_min"]))
+    return _case_dataset(cases, opts, train=False)

@@ -12,42 +12,17 @@ import pytest
 import torch
 from click import Context
 from click.testing import CliRunner, Result
-from liverct_tiny import tiny_fit
 from torch import nn
 
 from kd_liverct import DEFAULTS
 from kd_liverct.data import resolve_options
-from kd_liverct.phantom import PHANTOM_VERSION
 from kd_liverct.predict import PredictError, collect_inputs, plan_outputs, predict_volume
 from kdcore.cli import cli_with_plugins
 from kdcore.plugins import get_registry
 from kdcore.testing import plugin_only
 
-#: On top of the shared tiny run: a weak teacher and a short student stage with a high learning rate,
-#: enough for the student to find the liver (dice about 0.45) in a few seconds.
-PREDICT_RUN = (
-    "options.gtan=false",
-    "teacher.epochs=1",
-    "teacher.lr=0.01",
-    "student.arch='unet_30k'",
-    "student.epochs=2",
-    "student.lr=0.02",
-)
 #: liver_000 is stored LPS (x and y flipped against RAS), liver_003 LPI (all three axes flipped).
 CASES = ("liver_000", "liver_003")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_home) -> Path:
-    """A tiny liverct run (about 5 s); it writes the 4-case phantom under ``data_home`` if needed."""
-    with plugin_only("liverct", data_home):
-        return tiny_fit(tmp_path_factory.mktemp("runs"), *PREDICT_RUN).run_dir
-
-
-@pytest.fixture(scope="module")
-def phantom(run_dir, data_home) -> Path:
-    """The phantom data set the run trained on (images in ``imagesTr``, labels in ``labelsTr``)."""
-    return data_home / "liverct" / f"phantom-v{PHANTOM_VERSION}-small-4-seed0"
 
 
 def copy_inputs(phantom: Path, directory: Path, names=CASES) -> Path:
