@@ -87,19 +87,26 @@ class SubPixelConvTranspose3d(nn.Module):
         return y.reshape(n, self.out_channels, 2 * d, 2 * h, 2 * w)
 
 
+#: The hook tables of an ``nn.Module`` whose hooks the inference copy shares with the model.
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
 def inference_network(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` as it should run inference on ``device``, in eval mode.
 
     On a CPU: a copy that shares every parameter and buffer with ``model``, with each transposed
     convolution that writes fewer than :data:`SLOW_DECONV_CHANNELS` channels replaced by a
-    :class:`SubPixelConvTranspose3d`. ``model`` itself is not changed. Elsewhere, or when nothing
+    :class:`SubPixelConvTranspose3d`. The copy calls the model's own module hooks, not copies of them:
+    the growing assistant's channel masks, and the feature captures of ``distill.hints``, whose last
+    training tensors cannot be copied. ``model`` itself is not changed. Elsewhere, or when nothing
     qualifies: ``model``.
     """
     model.eval()
     if device.type != "cpu" or not any(_is_slow(layer) for layer in model.modules()):
         return model
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    fast = copy.deepcopy(model, memo=shared)  # a new module tree around the model's own tensors
+    shared = [*model.parameters(), *model.buffers()]
+    shared += [hook for m in model.modules() for table in _HOOK_TABLES for hook in getattr(m, table).values()]
+    fast = copy.deepcopy(model, memo={id(x): x for x in shared})  # a new module tree, the model's tensors
     for parent in list(fast.modules()):
         for name, child in list(parent.named_children()):
             if _is_slow(child):

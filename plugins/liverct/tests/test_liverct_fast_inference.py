@@ -1,4 +1,5 @@
-"""kd_liverct.fast_inference: the sub-pixel rewrite computes what the transposed convolution computes."""
+"""kd_liverct.fast_inference: the sub-pixel rewrite computes what the transposed convolution computes,
+and the inference copy leaves training's hooks behind."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kd_liverct.architectures import ARCHITECTURES, GTAN_ARCH
 from kd_liverct.fast_inference import SubPixelConvTranspose3d, inference_network
 from kd_liverct.metrics import sliding_window_logits
 from kd_liverct.models import GrowingUNet, build_model
+from kdcore.features import FeatureCapture
 
 INFO = {"in_channels": 1, "num_classes": 3}
 CPU = torch.device("cpu")
@@ -99,3 +101,30 @@ def test_sliding_window_logits_match_the_plain_network():
         plain = sliding_window_inference(volume, (16, 16, 8), 4, model, overlap=0.25, mode="gaussian")
         got = sliding_window_logits(inference_network(model, CPU), volume, options)
     torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_the_inference_copy_shares_the_feature_captures_of_training():
+    """With ``distill.hints`` the student carries forward hooks whose capture holds a tensor of the
+    training graph (which cannot be deep-copied); the copy calls those same hooks."""
+    model = build_model("unet_100k", INFO, {})
+    bottleneck = "model.1.submodule.1.submodule.1.submodule"
+    x = torch.randn(1, 1, 32, 32, 16)
+    with FeatureCapture(model, [bottleneck]) as capture:
+        model(x).sum().backward()  # a training step: the captured feature is not a leaf
+        assert capture.features[bottleneck].grad_fn is not None
+        fast = inference_network(model, CPU)
+        assert fast is not model
+        with torch.no_grad():
+            got = fast(x)
+            assert capture.features[bottleneck].grad_fn is None  # captured by the copy, outside autograd
+            torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)
+        model.train()
+        model(x)
+        assert capture.features[bottleneck].grad_fn is not None  # training captures as before
+        assert hook_ids(fast) == hook_ids(model) and len(hook_ids(model)) == 2  # the capture's two hooks
+
+
+def hook_ids(model: nn.Module) -> list[int]:
+    """The forward (pre-)hooks of every module of ``model``, by identity, in module order."""
+    tables = ("_forward_pre_hooks", "_forward_hooks")
+    return [id(hook) for m in model.modules() for table in tables for hook in getattr(m, table).values()]
