@@ -1,5 +1,5 @@
 """kd_liverct.fast_inference: the sub-pixel rewrite computes what the transposed convolution computes,
-and the inference copy leaves training's hooks behind."""
+and the inference copy calls the model's own hooks (those of feature hints included)."""
 
 from __future__ import annotations
 
