@@ -86,7 +86,8 @@ def kd_register_commands(cli):
 def kd_fit_start(run):
     """Before the first student learns from the teacher, score that teacher on the target's test pairs:
     the source model applied as is (its best checkpoint on the source, or the one ``teacher.checkpoint``
-    loaded); and write how blocking did on each pair set (``report/blocking.json``)."""
+    loaded); write how blocking did on each pair set (``report/blocking.json``) and the ceiling it leaves
+    any matcher (:func:`kd_dedup.report.ceiling_row`)."""
     from kd_dedup import report
     from kd_dedup.evaluation import blocking_summary
 
@@ -98,6 +99,7 @@ def kd_fit_start(run):
             sets["source training"] = run.data.teacher_data.train
             sets["source validation"] = run.data.teacher_data.val
         report.write_blocking(run.run_dir, {name: blocking_summary(pairs) for name, pairs in sets.items()})
+        report.ceiling_row(run.run_dir, run.data.val, float(run.config["options"]["threshold"]))
 
 
 @hookimpl

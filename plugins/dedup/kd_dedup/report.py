@@ -1,6 +1,10 @@
 """The run's comparison on the target's test pairs: every stage's final model, the source model applied
-as is, and the classic recordlinkage baselines, as a table, ``report/dedup.json`` and a
+as is, the classic recordlinkage baselines and blocking's ceiling, as a table, ``report/dedup.json`` and a
 precision-recall plot (``report/precision_recall.png``).
+
+The ceiling row scores the test pairs with their own labels: precision 1 and recall equal to the pairs
+completeness of blocking, so its F1 is the most any matcher can reach on these candidate pairs. A model
+close to it has nothing left to gain from a better classifier, only from better blocking.
 
 Each stage's figures are written when it ends (``report/dedup/<stage>.json``), so a resumed run keeps
 those of the stages it does not retrain; the classic baselines are computed once per run and kept in
@@ -30,7 +34,10 @@ ROW_NAMES = {
     "baseline": "target labels only",
     "logistic_regression": "RL logistic regr.",
     "ecm": "RL ECM (unsuperv.)",
+    "ceiling": "ceiling (labels as scores)",
 }
+#: Rows printed after the stages, in this order.
+TRAILING_ROWS = ("logistic_regression", "ecm", "ceiling")
 HEADERS = {
     "f1": "F1",
     "precision": "prec.",
@@ -76,6 +83,12 @@ def record(run_dir: Path, name: str, pairs: PairSet, scores: np.ndarray, thresho
     return metrics
 
 
+def ceiling_row(run_dir: Path, test: PairSet, threshold: float) -> None:
+    """Record the ceiling: the test pairs scored with their own labels (see the module docstring)."""
+    if not has_row(run_dir, "ceiling"):
+        record(run_dir, "ceiling", test, test.labels.numpy().astype(np.float64), threshold)
+
+
 def classic_rows(run_dir: Path, train: PairSet, test: PairSet, threshold: float, seed: int) -> None:
     """Compute and record the recordlinkage baselines once per run."""
     from kd_dedup.baselines import classic_baselines
@@ -106,13 +119,13 @@ def _stacked(train: PairSet, test: PairSet):
 
 
 def load_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Every recorded row, stages first (in the order they finished), then the classic baselines."""
+    """Every recorded row, stages first (in the order they finished), then :data:`TRAILING_ROWS`."""
     folder = stage_dir(run_dir)
     rows = [
         json.loads(p.read_text()) for p in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
     ]
-    classic = [r for r in rows if r["name"] in ("logistic_regression", "ecm")]
-    return [r for r in rows if r not in classic] + classic
+    trailing = [r for name in TRAILING_ROWS for r in rows if r["name"] == name]
+    return [r for r in rows if r["name"] not in TRAILING_ROWS] + trailing
 
 
 def label(name: str) -> str:

@@ -46,8 +46,9 @@ def test_the_report_compares_every_stage_with_the_recordlinkage_baselines(tiny):
     result, _, _ = tiny
     report = result.run_dir / "report"
     rows = {row["name"]: row for row in json.loads((report / "dedup.json").read_text())}
-    assert set(rows) == {"teacher", "student", "baseline", "logistic_regression", "ecm"}
+    assert set(rows) == {"teacher", "student", "baseline", "logistic_regression", "ecm", "ceiling"}
     assert rows["teacher"]["label"] == "source model as is"
+    assert list(rows)[-3:] == ["logistic_regression", "ecm", "ceiling"]
     for row in rows.values():
         assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["ari"] <= 1.0
     assert rows["logistic_regression"]["f1"] > 0.8  # the classic baseline works on these pairs
@@ -57,6 +58,9 @@ def test_the_report_compares_every_stage_with_the_recordlinkage_baselines(tiny):
     assert set(blocking) == {"target test", "target training pool", "source training", "source validation"}
     test = blocking["target test"]
     assert 0.95 <= test["pairs_completeness"] <= 1.0 and 0.9 < test["reduction_ratio"] < 1.0
+    ceiling = rows["ceiling"]  # the test pairs' own labels: blocking's losses are all it misses
+    assert ceiling["precision"] == 1.0 and ceiling["recall"] == pytest.approx(test["pairs_completeness"])
+    assert all(row["f1"] <= ceiling["f1"] for row in rows.values())
     assert test["records"] + blocking["target training pool"]["records"] == 500  # the target, split by entity
 
 
