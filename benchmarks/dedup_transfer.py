@@ -69,7 +69,7 @@ NAMES = {
     "student": "transfer student",
     "logistic_regression": "RL logistic regression",
     "ecm": "RL ECM",
-    "ceiling": "ceiling (labels as scores)",
+    "ceiling": "blocking's ceiling",
 }
 
 

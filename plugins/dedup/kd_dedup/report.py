@@ -34,7 +34,7 @@ ROW_NAMES = {
     "baseline": "target labels only",
     "logistic_regression": "RL logistic regr.",
     "ecm": "RL ECM (unsuperv.)",
-    "ceiling": "ceiling (labels as scores)",
+    "ceiling": "blocking's ceiling",
 }
 #: Rows printed after the stages, in this order.
 TRAILING_ROWS = ("logistic_regression", "ecm", "ceiling")
