@@ -1027,11 +1027,8 @@ def _train_step(
             terms = run.pm.hook.kd_distill_loss(
                 run=run, student_outputs=outputs, teacher_outputs=teacher_outputs, batch=batch
             )
-            distill = (
-                sum(_term_weight(schedules, name, run) * value for name, value in terms.items())
-                if terms
-                else torch.zeros((), device=run.device)
-            )
+            weighted = [_weighted(schedules, name, value, run) for name, value in terms.items()]
+            distill = sum(weighted[1:], start=weighted[0]) if weighted else torch.zeros((), device=run.device)
             total = (1.0 - run.alpha) * supervised + run.alpha * distill
             clash = RESERVED_LOG_KEYS.intersection(terms)
             if clash:
@@ -1049,7 +1046,7 @@ def _train_step(
             logged.update(temperature=_detached(run.temperature), alpha=run.alpha)
         else:
             total = supervised
-    scaler.scale(total / window).backward()
+    scaler.scale(total / window if window > 1 else total).backward()
     if last_in_window:
         clip = run.config["train"]["grad_clip"]
         if clip > 0:
@@ -1117,6 +1114,9 @@ class LossWatch:
             )
 
 
-def _term_weight(schedules: Mapping[str, Schedule], name: str, run: DistillRun) -> float | torch.Tensor:
+def _weighted(
+    schedules: Mapping[str, Schedule], name: str, value: torch.Tensor, run: DistillRun
+) -> torch.Tensor:
+    """Distillation term ``name`` times its ``distill.weights`` schedule (no multiplication without one)."""
     schedule = schedules.get(f"weight:{name}")
-    return 1.0 if schedule is None else schedule(run.progress, run.signals)
+    return value if schedule is None else schedule(run.progress, run.signals) * value

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 import threading
 
 import pytest
 import torch
 
 from kdcore.checkpoint import (
+    WRITER_NICENESS,
     BackgroundWriter,
     CheckpointError,
     atomic_directory,
@@ -138,6 +140,23 @@ def test_a_snapshot_is_not_changed_by_later_training():
     assert torch.equal(copied["pair"][0], torch.ones(3)) and copied["pair"][1] == "x"
     assert copied["history"] == [1, {"lr": [0.1]}] and copied["n"] is None
     assert copied["model"]["w"].device.type == "cpu" and not copied["model"]["w"].requires_grad
+
+
+def test_a_snapshot_copies_a_list_of_plain_numbers_instead_of_sharing_it():
+    state = {"rng": {"python": [3, list(range(625)), None]}}
+    copied = snapshot(state)
+    state["rng"]["python"][1][0] = -1
+    assert copied["rng"]["python"][1][:2] == [0, 1] and len(copied["rng"]["python"][1]) == 625
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are Linux's")
+def test_the_background_writer_runs_its_jobs_at_the_lowest_priority():
+    seen: list[int] = []
+    writer = BackgroundWriter()
+    writer.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    writer.wait()
+    assert seen == [WRITER_NICENESS]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < WRITER_NICENESS  # not the caller's
 
 
 def test_the_background_writer_runs_jobs_one_at_a_time_in_order(tmp_path):
