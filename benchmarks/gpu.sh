@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The GPU figures of BENCHMARKS.md in one go, each step under its own time limit:
-#   engine overhead (kd against a plain loop), kdcore against torchdistill, and liver CT student against
-#   teacher per case at the default volume and at a clinical-size one, float32 and float16 autocast.
+# The GPU figures of BENCHMARKS.md, each step under its own time limit, in three parts:
+#   engine       engine overhead (kd against a plain loop): the default recipe, validation every 10
+#                epochs, and a ResNet-18 teacher (about 6 min at most)
+#   torchdistill kdcore against torchdistill (2.5 min at most)
+#   liverct      liver CT student against teacher per case at the default volume and at a clinical-size
+#                one, float32 and float16 autocast (8 min at most)
 #
-#   benchmarks/gpu.sh [OUT_DIR]    # default benchmarks/results/gpu; PYTHON picks the interpreter
+#   benchmarks/gpu.sh [OUT_DIR [PART...]]   # default benchmarks/results/gpu, every part; PYTHON picks
+#                                           # the interpreter
+#
+# A lent GPU runs one command for at most 10 minutes: give it one or two parts at a time.
 #
 # Needs CUDA, kdcore, the first-party plugins and the `bench` extra (torchdistill). Writes one JSON per
 # benchmark and gpu.log (everything printed) under OUT_DIR.
@@ -22,14 +28,28 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, its ou
     echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
 
+shift $(($# > 0 ? 1 : 0))
+parts=${*:-engine torchdistill liverct}
+wanted() { [[ " $parts " == *" $1 "* ]]; }
+
 "$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())' | tee -a "$log"
-step engine_overhead 150 "$py" benchmarks/engine_overhead.py --device cuda --out "$out/engine_overhead.json"
-step torchdistill 150 "$py" benchmarks/torchdistill_compare.py --device cuda --out "$out/torchdistill.json"
-for amp in off float16; do
-    for volume in "96 96 64" "256 256 128"; do
-        name="liverct_${amp}_${volume// /x}"
-        # shellcheck disable=SC2086  # the volume is three numbers
-        step "$name" 120 "$py" benchmarks/liverct_variants.py --skip-training --device cuda --amp "$amp" \
-            --volume $volume --windows-per-pass 32 128 --out "$out/$name.json"
+if wanted engine; then
+    overhead=("$py" benchmarks/engine_overhead.py --device cuda)
+    step engine_overhead 150 "${overhead[@]}" --out "$out/engine_overhead.json"
+    step engine_overhead_eval10 100 "${overhead[@]}" --eval-every 10 --out "$out/engine_overhead_eval10.json"
+    step engine_overhead_resnet18 120 "${overhead[@]}" --teacher resnet18 --epochs 4 \
+        --out "$out/engine_overhead_resnet18.json"
+fi
+if wanted torchdistill; then
+    step torchdistill 150 "$py" benchmarks/torchdistill_compare.py --device cuda --out "$out/torchdistill.json"
+fi
+if wanted liverct; then
+    for amp in off float16; do
+        for volume in "96 96 64" "256 256 128"; do
+            name="liverct_${amp}_${volume// /x}"
+            # shellcheck disable=SC2086  # the volume is three numbers
+            step "$name" 120 "$py" benchmarks/liverct_variants.py --skip-training --device cuda --amp "$amp" \
+                --volume $volume --windows-per-pass 32 128 --out "$out/$name.json"
+        done
     done
-done
+fi
