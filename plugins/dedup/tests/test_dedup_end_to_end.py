@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,17 @@ def test_kd_dedup_apply_clusters_the_target_tables_and_never_touches_the_inputs(
     out = runner.invoke(cli_with_plugins(), [*args, "--pairs", str(pairs)])
     assert out.exit_code == 0, out.output
     assert "against the input's ground truth: pairwise F1" in out.output
+    reached = re.search(r"pairwise F1 (\d\.\d+) \(precision", out.output)
+    proposed = re.search(
+        r"blocking proposed (\d\.\d+) of the true pairs, so no matcher passes pairwise F1 "
+        r"(\d\.\d+)",
+        out.output,
+    )
+    completeness, ceiling = float(proposed[1]), float(proposed[2])
+    assert 0.95 <= completeness <= 1.0 and ceiling == pytest.approx(
+        2 * completeness / (1 + completeness), abs=1e-4
+    )
+    assert float(reached[1]) <= ceiling
     entities = pd.read_csv(output, dtype=str)
     assert len(entities) == 500 and list(entities.columns[:3]) == ["id", "table", "entity_id"]
     assert entities["table"].value_counts().to_dict() == {"a": 250, "b": 250}
