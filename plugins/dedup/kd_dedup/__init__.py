@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "labelled_per_batch": 16,
         "threshold": 0.5,  # match probability that makes a pair a match
         "knn": 10,  # kd dedup apply: nearest neighbours per record in the matcher's space, added to blocking
+        "train_knn": 10,  # students' training pairs: nearest neighbours per record in a TF-IDF space, added
     },
 }
 

@@ -197,6 +197,32 @@ def union_pairs(*arrays: np.ndarray) -> np.ndarray:
     return _decode(unique_codes(np.concatenate([_encode(p, n) for p in parts])), n)
 
 
+def pairs_beyond(base: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """The unique pairs of ``extra`` that ``base`` lacks, sorted, int64 (both in this module's format)."""
+    base, extra = _as_pairs(base, "base pairs"), _as_pairs(extra, "extra pairs")
+    if not len(extra):
+        return _EMPTY.copy()
+    n = int(max(base.max(initial=-1), extra.max())) + 1
+    codes = unique_codes(_encode(extra, n))
+    return _decode(codes[~isin_sorted(unique_codes(_encode(base, n)), codes)], n)
+
+
+def text_embedding(table: RecordTable, dimensions: int = 64, seed: int = 0) -> np.ndarray:
+    """Unit rows ``(n, <= dimensions)`` that need no trained model: the TF-IDF of each record's
+    character 2- and 3-grams (its attributes joined by spaces; scikit-learn's ``char_wb``), reduced by
+    a truncated SVD drawn with ``seed``. Records that share many n-grams are near; for
+    :func:`knn_pairs`."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    text = table.records[list(table.columns)].astype(str).agg(" ".join, axis=1)
+    tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3)).fit_transform(text)
+    width = min(dimensions, tfidf.shape[1] - 1, len(table) - 1)
+    reduced = TruncatedSVD(width, random_state=seed).fit_transform(tfidf) if width >= 1 else tfidf.toarray()
+    return normalize(reduced).astype(np.float32)
+
+
 def _key(records: pd.DataFrame, on: Sequence[str], prefix: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The joined key per record and, per record, whether any / all of its ``on`` values are empty."""
     values = [records[c] if prefix <= 0 else records[c].str.slice(0, prefix) for c in on]

@@ -13,8 +13,11 @@ What :func:`build_task_data` builds from the run's ``options`` (defaults in :mod
 3. **Candidate pairs.** Blocking (:mod:`kd_dedup.blocking`, ``options.blocking``, default the FEBRL
    passes when the columns are FEBRL's) inside each part. Negatives are the blocked non-matches: pairs
    that share a postcode, a birth date or a name neighbourhood, hard by construction.
+   The target training pool also gets each record's ``options.train_knn`` nearest neighbours (default
+   10) in a character TF-IDF space (:func:`training_neighbours`): ``kd dedup apply`` proposes neighbours
+   too, and a student that never saw such hard non-matches scores some of them as matches.
 4. **Labels.** Every source pair is labelled (the teacher has many labels). In the target training pool
-   only ``options.labels`` pairs are (default 50): a labeller shown candidate pairs, labelling
+   only ``options.labels`` pairs are (default 50): a labeller shown blocking's candidate pairs, labelling
    ``options.label_match_fraction`` matches (default half) and the rest non-matches, drawn with the run
    seed. Every other target pair is unlabelled (label ``-1``): the student learns it from the teacher's
    soft match score; the supervised loss ignores it.
@@ -37,7 +40,14 @@ import torch
 from torch.utils.data import Dataset
 
 from kd_dedup import UNLABELLED
-from kd_dedup.blocking import FEBRL_PASSES, candidate_pairs, validate_passes
+from kd_dedup.blocking import (
+    FEBRL_PASSES,
+    candidate_pairs,
+    knn_pairs,
+    pairs_beyond,
+    text_embedding,
+    validate_passes,
+)
 from kd_dedup.encoding import encode_records
 from kd_dedup.tables import FEBRL_SETS, RecordTable, load_table
 from kdcore import TaskData
@@ -175,6 +185,15 @@ def pair_set(table: RecordTable, passes: list[dict[str, Any]], max_length: int, 
     return PairSet(table, codes, pairs, labels, missed_true_pairs=missed)
 
 
+def training_neighbours(pool: RecordTable, pairs: np.ndarray, k: int) -> np.ndarray:
+    """Each pool record's ``k`` nearest neighbours in :func:`~kd_dedup.blocking.text_embedding` that
+    blocking did not propose (``pairs``): unlabelled training pairs, so that the students learn the
+    teacher's scores on the hard non-matches ``kd dedup apply``'s neighbour proposals bring."""
+    if k <= 0 or len(pool) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    return pairs_beyond(pairs, knn_pairs(text_embedding(pool), min(k, len(pool) - 1), pool.side))
+
+
 def matcher_info(columns: Sequence[str], max_length: int) -> dict[str, Any]:
     """What a matcher is built from and what ``kd dedup apply`` reads new tables with (in checkpoints)."""
     return {"attributes": len(columns), "columns": list(columns), "max_length": max_length}
@@ -196,9 +215,12 @@ def build_task_data(config: Mapping[str, Any]) -> TaskData:
     )
     pool = target.subset(target_train)
     pool_pairs = candidate_pairs(pool, passes)
-    labels = choose_labels(
+    labels = choose_labels(  # the labeller is shown blocking's pairs
         pair_truth(pool, pool_pairs), int(options["labels"]), float(options["label_match_fraction"]), seed
     )
+    neighbours = training_neighbours(pool, pool_pairs, int(options["train_knn"]))
+    pool_pairs = np.concatenate([pool_pairs, neighbours])
+    labels = np.concatenate([labels, np.full(len(neighbours), UNLABELLED, dtype=np.int64)])
     train = PairSet(pool, encode_records(pool.records, pool.columns, max_length), pool_pairs, labels)
     return TaskData(
         train=train,

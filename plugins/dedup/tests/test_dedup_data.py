@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kd_dedup import DEFAULTS
-from kd_dedup.blocking import FEBRL_PASSES
+from kd_dedup.blocking import FEBRL_PASSES, pairs_beyond
 from kd_dedup.data import (
     UNLABELLED,
     PairSet,
@@ -16,7 +16,9 @@ from kd_dedup.data import (
     build_task_data,
     choose_labels,
     mixed_batch_sampler,
+    pair_truth,
     split_by_entity,
+    training_neighbours,
 )
 from kd_dedup.encoding import encode_records
 from kd_dedup.evaluation import blocking_summary, match_metrics
@@ -117,6 +119,48 @@ def test_the_default_task_data_gives_the_teacher_the_source_and_the_students_the
     assert (data.val.labels != UNLABELLED).all()
     assert data.val.table.linkage and not teacher.train.table.linkage  # febrl4 links, febrl3 deduplicates
     assert len(data.train) > 10_000 and data.val.missed_true_pairs < 10
+
+
+def test_the_students_also_learn_text_neighbours_that_blocking_missed_unlabelled():
+    task = {"plugin": "dedup", "task": "match"}
+    data = build_task_data(resolve(DEFAULTS, overrides=task))
+    plain = build_task_data(resolve(DEFAULTS, sets=["options.train_knn=0"], overrides=task))
+    blocked = len(plain.train)
+    assert torch.equal(data.train.pairs[:blocked], plain.train.pairs)  # blocking's pairs come first
+    assert torch.equal(data.train.labels[:blocked], plain.train.labels)  # the same 50 labelled pairs
+    extra = data.train.pairs[blocked:]
+    assert len(extra) > 5_000 and (data.train.labels[blocked:] == UNLABELLED).all()
+    codes = {tuple(p) for p in plain.train.pairs.tolist()}
+    assert not any(tuple(p) in codes for p in extra.tolist())  # only pairs blocking did not propose
+    truth = pair_truth(data.train.table, extra.numpy())
+    assert 0 < truth.sum() < 0.2 * len(truth)  # a few matches blocking lost, mostly hard non-matches
+
+
+def test_pairs_beyond_keeps_the_new_pairs_once():
+    base = np.array([[0, 1], [1, 2]])
+    extra = np.array([[1, 2], [0, 3], [0, 3], [2, 4]])
+    assert pairs_beyond(base, extra).tolist() == [[0, 3], [2, 4]]
+    assert pairs_beyond(base, np.zeros((0, 2), dtype=np.int64)).shape == (0, 2)
+
+
+def test_text_neighbours_find_a_misspelt_duplicate_that_needs_no_shared_key():
+    records = pd.DataFrame(
+        [
+            ["a", "katherine", "smithson", "4000"],
+            ["b", "kathrine", "smithsen", "9999"],
+            ["c", "peter", "brown", "4000"],
+            ["d", "alice", "jones", "2000"],
+            ["e", "zoe", "wilkinson", "3000"],
+        ],
+        columns=["id", "given_name", "surname", "postcode"],
+    )
+    table = RecordTable(
+        "people", records, ("given_name", "surname", "postcode"), entity=np.array([0, 0, 1, 2, 3])
+    )
+    found = training_neighbours(table, np.zeros((0, 2), dtype=np.int64), 1)
+    assert [0, 1] in found.tolist()
+    assert training_neighbours(table, np.array([[0, 1]]), 1).tolist().count([0, 1]) == 0
+    assert len(training_neighbours(table, np.zeros((0, 2), dtype=np.int64), 0)) == 0
 
 
 def test_a_target_without_the_sources_columns_is_refused_naming_the_file_and_column(tmp_path):
