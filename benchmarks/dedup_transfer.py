@@ -54,7 +54,7 @@ from kd_dedup import DEFAULTS
 from kd_dedup.apply import propose_pairs
 from kd_dedup.baselines import comparison_features, ecm_baseline
 from kd_dedup.blocking import candidate_pairs, knn_pairs
-from kd_dedup.clustering import cluster_records, pair_metrics
+from kd_dedup.clustering import ceiling_f1, cluster_records, pair_metrics
 from kd_dedup.data import blocking_passes, build_task_data
 from kd_dedup.encoding import encode_records
 from kd_dedup.model import build_model, encode_table, score_pairs
@@ -141,7 +141,7 @@ def pipeline_f1(config: dict, student_checkpoint: Path) -> dict[str, float]:
     return {
         "student_pipeline": pair_metrics(pairs[scores >= threshold], truth)["f1"],
         "ecm_pipeline": pair_metrics(pairs[ecm >= threshold], truth)["f1"],
-        "ceiling_pipeline": 2 * proposed / (1 + proposed),
+        "ceiling_pipeline": ceiling_f1(proposed),
     }
 
 

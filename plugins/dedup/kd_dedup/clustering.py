@@ -79,6 +79,12 @@ def pair_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | 
     return _ratios(tp, len(predicted_codes) - tp, len(true_codes) - tp)
 
 
+def ceiling_f1(completeness: float) -> float:
+    """The pairwise F1 of a perfect scorer on candidate pairs holding ``completeness`` of the true pairs
+    (precision 1, recall ``completeness``): the most any matcher reaches on those candidates."""
+    return 2 * completeness / (1 + completeness)
+
+
 def _linked_pairs(groups: np.ndarray, side: np.ndarray | None) -> int:
     """Pairs inside the groups ``0..k-1``: sum of C(size, 2), or of |A| * |B| for linkage."""
     if side is None:
