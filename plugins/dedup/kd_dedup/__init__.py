@@ -116,8 +116,9 @@ def kd_fit_start(run):
 
 @hookimpl
 def kd_fit_end(run, summary):
-    """Score the stage's final model on the target's test pairs; after the baseline, add the
-    recordlinkage baselines and print the comparison."""
+    """Score the stage's final model on the target's test pairs; after the run's last stage (the
+    baseline, or the students when ``distill.baseline`` is off), add the recordlinkage baselines and
+    write and print the comparison."""
     from rich.console import Console
 
     from kd_dedup import report
@@ -125,7 +126,7 @@ def kd_fit_end(run, summary):
     if not run.dist.is_main or run.stage.startswith("teacher"):
         return
     summary["target_test"] = _record(run, summary["stage"], run.student)
-    if run.stage == "baseline":
+    if run.stage == "baseline" or not run.config["distill"]["baseline"]:
         threshold = float(run.config["options"]["threshold"])
         report.classic_rows(run.run_dir, run.data.train, run.data.val, threshold, int(run.config["seed"]))
         report.write_comparison(run.run_dir, Console())

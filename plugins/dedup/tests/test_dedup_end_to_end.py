@@ -125,3 +125,20 @@ def test_a_teacher_loaded_from_its_checkpoint_still_gives_the_source_model_row(t
     rows = {r["name"]: r for r in json.loads((again.run_dir / "report" / "dedup.json").read_text())}
     first = {r["name"]: r for r in json.loads((result.run_dir / "report" / "dedup.json").read_text())}
     assert rows["teacher"]["f1"] == first["teacher"]["f1"]  # the same model on the same test pairs
+
+
+def test_a_run_without_the_no_kd_baseline_still_writes_the_comparison(tiny, tmp_path):
+    result, source, target = tiny
+    checkpoint = result.run_dir / "checkpoints" / "teacher_best.pt"
+    again = tiny_fit(
+        tmp_path,
+        source,
+        target,
+        f"teacher.checkpoint={json.dumps(str(checkpoint))}",
+        "student.epochs=1",
+        "distill.baseline=false",
+    )
+    assert "baseline" not in again.summary["stages"]
+    rows = [r["name"] for r in json.loads((again.run_dir / "report" / "dedup.json").read_text())]
+    assert rows == ["teacher", "student", "logistic_regression", "ecm", "ceiling"]
+    assert (again.run_dir / "report" / "precision_recall.png").is_file()
