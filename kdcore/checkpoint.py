@@ -203,10 +203,17 @@ class BackgroundWriter:
         self._thread.start()
 
     def wait(self) -> None:
-        """Block until the job in flight has finished; raise its exception, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Block until the job in flight has finished; raise its exception, if any.
+
+        After a Ctrl-C that landed inside ``Thread.start`` there may be no thread to join: either the
+        job never started, or it runs untracked, and then the interpreter still waits for it at exit
+        (the thread is not a daemon) and its write is atomic. ``wait`` returns in both cases, so that
+        the caller's clean-up after the interrupt goes on.
+        """
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            with contextlib.suppress(RuntimeError):  # "cannot join thread before it is started"
+                thread.join()
         error, self._error = self._error, None
         if error is not None:
             raise error

@@ -178,6 +178,22 @@ def test_the_background_writer_runs_jobs_one_at_a_time_in_order(tmp_path):
     assert load_checkpoint(tmp_path / "a.pt")["epoch"] == 1
 
 
+def test_the_background_writer_waits_cleanly_after_ctrl_c_inside_thread_start(monkeypatch):
+    def interrupted(self) -> None:  # Ctrl-C before the thread ran: Thread.start raised, nothing started
+        raise KeyboardInterrupt
+
+    writer = BackgroundWriter()
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            writer.submit(lambda: None)
+    writer.wait()  # the engine's clean-up after the interrupt: no "cannot join thread before it is started"
+    ran = threading.Event()
+    writer.submit(ran.set)  # and the writer works again
+    writer.wait()
+    assert ran.is_set()
+
+
 def test_the_background_writer_raises_a_jobs_error_in_the_caller_once(tmp_path):
     writer = BackgroundWriter()
 
