@@ -57,7 +57,7 @@ from kd_dedup.blocking import candidate_pairs, knn_pairs
 from kd_dedup.clustering import ceiling_f1, cluster_records, pair_metrics
 from kd_dedup.data import blocking_passes, build_task_data
 from kd_dedup.encoding import encode_records
-from kd_dedup.model import build_model, encode_table, score_pairs
+from kd_dedup.model import encode_table, matcher_from_state, score_pairs
 from kd_dedup.tables import RecordTable, load_table
 from kdcore.checkpoint import load_checkpoint
 from kdcore.config import resolve
@@ -129,9 +129,7 @@ def pipeline_f1(config: dict, student_checkpoint: Path) -> dict[str, float]:
     proposals leave."""
     test = build_task_data(config).val
     table, options = test.table, config["options"]
-    state = load_checkpoint(student_checkpoint)
-    model = build_model(state["arch"], state["data_info"], config)
-    model.load_state_dict(state["model"])
+    model = matcher_from_state(load_checkpoint(student_checkpoint), config)
     encoded = encode_table(model, test.codes, torch.device("cpu"))
     pairs = propose_pairs(table, encoded, blocking_passes(options, table.columns), int(options["knn"]))
     scores = score_pairs(model, encoded, torch.from_numpy(pairs)).numpy()
@@ -159,10 +157,7 @@ def throughput(checkpoint: str, student_checkpoint: str, repeats: int) -> list[d
     pairs = torch.from_numpy(candidate_pairs(table, blocking_passes(config["options"], table.columns)))
     models = {}
     for name, path in (("teacher", checkpoint), ("student", student_checkpoint)):
-        state = load_checkpoint(path)
-        model = build_model(state["arch"], info, config)
-        model.load_state_dict(state["model"])
-        models[name] = model.eval()
+        models[name] = matcher_from_state(load_checkpoint(path), config)
     cpu = torch.device("cpu")
 
     def over_table(model):
@@ -271,9 +266,7 @@ def scale_one(size: int, student_checkpoint: str, knn: int) -> dict:
     table = scaled_febrl(size)
     state = load_checkpoint(student_checkpoint)
     info = state["data_info"]
-    model = build_model(state["arch"], info, config)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = matcher_from_state(state, config)
     steps = {}
     started = time.perf_counter()
     encoded = encode_table(

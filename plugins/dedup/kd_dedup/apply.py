@@ -15,7 +15,7 @@ from kd_dedup.blocking import candidate_pairs, knn_pairs, union_pairs
 from kd_dedup.clustering import ceiling_f1, cluster_metrics, cluster_records, pair_metrics
 from kd_dedup.data import blocking_passes
 from kd_dedup.encoding import encode_records
-from kd_dedup.model import build_model, encode_table, score_pairs
+from kd_dedup.model import encode_table, matcher_from_state, score_pairs
 from kd_dedup.tables import RecordTable, load_table
 from kdcore.checkpoint import load_checkpoint
 from kdcore.config import read_toml
@@ -48,9 +48,7 @@ def apply_run(
     _check_outputs(targets, _input_files(input_path), overwrite)
 
     torch_device = select_device(device)
-    model = build_model(state["arch"], info, config)
-    model.load_state_dict(state["model"])
-    model.to(torch_device).eval()
+    model = matcher_from_state(state, config).to(torch_device)
     encoded = encode_table(model, encode_records(table.records, columns, max_length), torch_device)
     pairs = propose_pairs(table, encoded, blocking_passes(options, columns), int(options["knn"]))
     scores = score_pairs(model, encoded, torch.from_numpy(pairs)).numpy()

@@ -132,6 +132,14 @@ def build_model(arch: str, info: Mapping[str, Any], config: Mapping[str, Any]) -
     return SiameseMatcher(int(info["attributes"]), ARCHITECTURES[arch])
 
 
+def matcher_from_state(state: Mapping[str, Any], config: Mapping[str, Any]) -> nn.Module:
+    """The matcher a checkpoint (:func:`kdcore.checkpoint.load_checkpoint`'s dict) holds, with its
+    weights, in evaluation mode."""
+    model = build_model(state["arch"], state["data_info"], config)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 @torch.no_grad()
 def encode_table(
     model: SiameseMatcher, codes: torch.Tensor, device: torch.device, batch: int = 4096
