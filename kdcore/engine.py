@@ -646,7 +646,8 @@ def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[Data
         order = {"sampler": distributed.sampler(train_set, run.dist, run.config["seed"])}
         order["batch_size"] = data_cfg["batch_size"]
     elif batch_sampler is not None:
-        order = {"batch_sampler": batch_sampler(generator, run.config), "generator": generator}
+        batches = batch_sampler(generator, run.config, stage.distilled)
+        order = {"batch_sampler": batches, "generator": generator}
     else:
         order = {"shuffle": True, "generator": generator, "batch_size": data_cfg["batch_size"]}
     train = DataLoader(train_set, **order, **train_common)

@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # torch is imported when a task is used, not when a plugin re
     from torch.utils.data import DataLoader, Dataset
 
 
+#: ``TaskData.train_batch_sampler``: ``(generator, config, distilled)`` to a stage's batches of indices.
+BatchSamplerFactory = Callable[["torch.Generator", Mapping[str, Any], bool], Iterable[list[int]]]
+
+
 def data_home() -> Path:
     """Where plugins write their embedded default data sets: ``$KD_DATA_HOME``, else ``~/.cache/kd``.
 
@@ -36,12 +40,15 @@ class TaskData:
         collate_fn: optional collate function for both loaders.
         deterministic_train: True when ``train[i]`` is the same every time it is read (no random
             augmentation): the engine may then cache the teacher's outputs by item (``train.teacher_cache``).
-        train_batch_sampler: optional ``train_batch_sampler(generator, config)`` returning a stage's
-            training batches as lists of indices into ``train`` (an iterable with ``len``), e.g. P
+        train_batch_sampler: optional ``train_batch_sampler(generator, config, distilled)`` returning a
+            stage's training batches as lists of indices into ``train`` (an iterable with ``len``), e.g. P
             identities x K images each for a triplet loss. ``config`` is the stage's configuration (its
-            ``data.batch_size``, the task's ``options``: a search stage may hold some items out). It must
-            draw its randomness from ``generator`` (seeded by the run and saved for ``--resume``) when
-            iterated. ``None``: shuffled batches of ``data.batch_size``.
+            ``data.batch_size``, the task's ``options``: a search stage may hold some items out).
+            ``distilled`` is True for a stage that learns from a teacher and False for a supervised one
+            (a teacher, the no-KD baseline): items without a label teach a supervised stage nothing, so
+            its sampler may leave them out (keeping the number of batches, so that both stages take the
+            same steps). It must draw its randomness from ``generator`` (seeded by the run and saved for
+            ``--resume``) when iterated. ``None``: shuffled batches of ``data.batch_size``.
         soft_targets_per_item: True when the task plugin's own ``kd_soft_targets`` gives each training
             item the same targets every time (the teacher applied to another view of the item, such as
             the old-sensor twin of an image): ``train.teacher_cache`` may then store them like the
@@ -59,7 +66,7 @@ class TaskData:
     info: Mapping[str, Any] = field(default_factory=dict)
     collate_fn: Callable[[list[Any]], Any] | None = None
     deterministic_train: bool = False
-    train_batch_sampler: Callable[[torch.Generator, Mapping[str, Any]], Iterable[list[int]]] | None = None
+    train_batch_sampler: BatchSamplerFactory | None = None
     soft_targets_per_item: bool = False
     teacher_data: TaskData | None = None
 

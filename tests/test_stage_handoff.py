@@ -154,10 +154,19 @@ class ClassBatches:
             yield [i for c in classes for i in rng.sample(by_class[c], self.per_class)]
 
 
+#: ``distilled`` as the engine handed it to each stage's sampler, in the order the stages asked.
+SAMPLED_FOR: list[bool] = []
+
+
 def sampled_data(config: Mapping[str, Any]):
     data = tiny_data(config)
     labels = [int(y) for _, y in data.train]
-    return dataclasses.replace(data, train_batch_sampler=lambda g, config: ClassBatches(labels, g, config))
+
+    def sampler(generator: torch.Generator, config: Mapping[str, Any], distilled: bool) -> ClassBatches:
+        SAMPLED_FOR.append(distilled)
+        return ClassBatches(labels, generator, config)
+
+    return dataclasses.replace(data, train_batch_sampler=sampler)
 
 
 def test_a_task_draws_its_own_training_batches(tmp_path, monkeypatch):
@@ -176,7 +185,9 @@ def test_a_task_draws_its_own_training_batches(tmp_path, monkeypatch):
         "out_dir": str(tmp_path),
         "data": {"batch_size": 8},
     }
+    SAMPLED_FOR.clear()
     result = fit(resolve(task.defaults, overrides=overrides), registry, console=QUIET)
+    assert SAMPLED_FOR == [False, True, False]  # the teacher, the student, the no-KD baseline
     assert seen and set(seen) == {(8, 2)}  # every batch: data.batch_size items of exactly two classes
     # 5 batches per epoch, 2 epochs, for the teacher, the student and the baseline
     assert len(seen) == 30

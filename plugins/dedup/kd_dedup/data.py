@@ -100,14 +100,17 @@ def pair_truth(table: RecordTable, pairs: np.ndarray) -> np.ndarray:
 
 
 def mixed_batch_sampler(labels: np.ndarray):
-    """The ``TaskData.train_batch_sampler`` of a target training set with ``labels`` (-1: unlabelled)."""
+    """The ``TaskData.train_batch_sampler`` of a target training set with ``labels`` (-1: unlabelled):
+    a distilled stage sees every unlabelled pair once an epoch with the few labelled ones; the no-KD
+    baseline, which learns nothing from unlabelled pairs, the labelled ones only, in as many batches."""
     labelled = np.flatnonzero(labels != UNLABELLED)
     unlabelled = np.flatnonzero(labels == UNLABELLED)
 
-    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> FewLabelBatches:
-        per_batch, rest = labelled_share(config)  # every unlabelled pair once an epoch, with the few labelled
+    def sampler(generator: torch.Generator, config: Mapping[str, Any], distilled: bool) -> FewLabelBatches:
+        per_batch, rest = labelled_share(config)
         batches = FewLabelBatches.batches_for(len(unlabelled), rest)
-        return FewLabelBatches(labelled, unlabelled, per_batch, rest, batches, generator)
+        taught = unlabelled if distilled else unlabelled[:0]
+        return FewLabelBatches(labelled, taught, per_batch, rest, batches, generator)
 
     return sampler
 

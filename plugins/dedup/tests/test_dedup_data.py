@@ -58,16 +58,25 @@ def test_mixed_batches_hold_labelled_pairs_and_every_unlabelled_pair_once_an_epo
     labels[[3, 50, 70]] = [1, 0, 1]
     sampler = mixed_batch_sampler(labels)
     config = {"data": {"batch_size": 10}, "options": {"labelled_per_batch": 2}}
-    batches = list(sampler(torch.Generator().manual_seed(0), config))
-    assert len(batches) == len(sampler(torch.Generator(), config)) == 13  # 97 unlabelled, 8 per batch
+    batches = list(sampler(torch.Generator().manual_seed(0), config, True))
+    assert len(batches) == len(sampler(torch.Generator(), config, True)) == 13  # 97 unlabelled, 8 per batch
     assert all(sum(labels[i] != UNLABELLED for i in batch) == 2 for batch in batches)
     unlabelled = [i for batch in batches for i in batch if labels[i] == UNLABELLED]
     assert sorted(unlabelled) == sorted(set(range(100)) - {3, 50, 70})
-    same = list(sampler(torch.Generator().manual_seed(0), config))
+    same = list(sampler(torch.Generator().manual_seed(0), config, True))
     assert same == batches  # drawn from the run's generator only
     with pytest.raises(ValueError, match="labelled_per_batch must be between 1 and"):
-        sampler(torch.Generator(), {"data": {"batch_size": 4}, "options": {"labelled_per_batch": 4}})
-    assert isinstance(sampler(torch.Generator(), config), FewLabelBatches)
+        sampler(torch.Generator(), {"data": {"batch_size": 4}, "options": {"labelled_per_batch": 4}}, True)
+    assert isinstance(sampler(torch.Generator(), config, True), FewLabelBatches)
+
+
+def test_the_no_kd_baseline_takes_as_many_batches_of_the_labelled_pairs_only():
+    labels = np.full(100, UNLABELLED)
+    labels[[3, 50, 70]] = [1, 0, 1]
+    config = {"data": {"batch_size": 10}, "options": {"labelled_per_batch": 2}}
+    batches = list(mixed_batch_sampler(labels)(torch.Generator().manual_seed(0), config, False))
+    assert len(batches) == 13  # the distilled student's steps
+    assert all(len(batch) == 2 and set(batch) <= {3, 50, 70} for batch in batches)
 
 
 def test_default_blocking_is_febrl_passes_for_febrl_columns_else_a_sorted_pass():

@@ -159,7 +159,7 @@ class IdentityBatchSampler:
 def batch_sampler_for(labels: Sequence[int]):
     """The task's ``train_batch_sampler``: P x K batches over the stage's share of the training set."""
 
-    def make(generator: torch.Generator, config: Mapping[str, Any]) -> IdentityBatchSampler:
+    def make(generator: torch.Generator, config: Mapping[str, Any], distilled: bool) -> IdentityBatchSampler:
         options = config["options"]
         indices = search_split(labels)[0] if options["search"] else range(len(labels))
         return IdentityBatchSampler(

@@ -60,9 +60,9 @@ def test_the_search_split_alternates_each_identitys_images():
 def test_a_search_stage_trains_its_weights_on_its_half_only():
     make = batch_sampler_for(LABELS)
     config = {"data": {"batch_size": 4}, "options": {"search": True, "instances": 2}}
-    seen = {i for batch in make(torch.Generator().manual_seed(0), config) for i in batch}
+    seen = {i for batch in make(torch.Generator().manual_seed(0), config, True) for i in batch}
     for _ in range(20):
-        seen |= {i for batch in make(torch.Generator().manual_seed(_), config) for i in batch}
+        seen |= {i for batch in make(torch.Generator().manual_seed(_), config, True) for i in batch}
     assert seen <= set(search_split(LABELS)[0])
 
 

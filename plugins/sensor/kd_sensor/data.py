@@ -94,14 +94,15 @@ def choose_labelled(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 def label_budget_sampler(labels: np.ndarray):
     """The ``TaskData.train_batch_sampler``: the stage's ``options.labels`` / ``label_seed`` decide which
-    pairs are labelled, ``options.distill_unlabelled`` whether the others are in the batches."""
+    pairs are labelled, ``options.distill_unlabelled`` whether the others are in a distilled stage's
+    batches (never in a supervised stage's: they would teach it nothing)."""
 
-    def sampler(generator: torch.Generator, config: Mapping[str, Any]) -> FewLabelBatches:
+    def sampler(generator: torch.Generator, config: Mapping[str, Any], distilled: bool) -> FewLabelBatches:
         options, batch_size = config["options"], int(config["data"]["batch_size"])
         labelled = choose_labelled(labels, int(options["labels"]), int(options["label_seed"]))
         per_batch, rest = labelled_share(config)
         unlabelled = np.setdiff1d(np.arange(len(labels)), labelled)
-        if not options["distill_unlabelled"]:
+        if not (distilled and options["distill_unlabelled"]):
             unlabelled = unlabelled[:0]
         # The same number of steps whatever the budget and recipe; with every pair labelled, whole
         # batches of them. Unlabelled pairs are read through the hidden-label view (indices + pairs).

@@ -46,7 +46,7 @@ def config_with(**options) -> dict:
 
 def test_batches_mix_the_few_labelled_pairs_with_every_unlabelled_pair_once():
     sampler = label_budget_sampler(LABELS)
-    budget = sampler(torch.Generator().manual_seed(0), config_with(labels=10, labelled_per_batch=4))
+    budget = sampler(torch.Generator().manual_seed(0), config_with(labels=10, labelled_per_batch=4), True)
     batches = list(budget)
     assert len(batches) == len(budget) == 10  # ceil(120 / (16 - 4)), whatever N
     labelled = set(choose_labelled(LABELS, 10, 0).tolist())
@@ -54,13 +54,15 @@ def test_batches_mix_the_few_labelled_pairs_with_every_unlabelled_pair_once():
         assert sum(i < 120 for i in batch) == 4 and all(i in labelled for i in batch if i < 120)
     hidden = sorted(i - 120 for batch in batches for i in batch if i >= 120)
     assert hidden == sorted(set(range(120)) - labelled)
-    only_labelled = sampler(torch.Generator(), config_with(labels=10, distill_unlabelled=False))
+    only_labelled = sampler(torch.Generator(), config_with(labels=10, distill_unlabelled=False), True)
     assert all(all(i < 120 for i in batch) for batch in only_labelled)
-    every = list(sampler(torch.Generator().manual_seed(0), config_with(labels=0, labelled_per_batch=4)))
+    supervised = sampler(torch.Generator(), config_with(labels=10, labelled_per_batch=4), False)
+    assert len(supervised) == 10 and all(all(i in labelled for i in batch) for batch in supervised)
+    every = list(sampler(torch.Generator().manual_seed(0), config_with(labels=0, labelled_per_batch=4), True))
     assert len(every) == 10 and all(len(batch) == 16 and max(batch) < 120 for batch in every)
     assert set(i for batch in every for i in batch) == set(range(120))
     with pytest.raises(ValueError, match="labelled_per_batch must be between 1 and"):
-        sampler(torch.Generator(), config_with(labelled_per_batch=16))
+        sampler(torch.Generator(), config_with(labelled_per_batch=16), True)
 
 
 def test_a_pair_shows_its_label_once_and_hides_it_once():
