@@ -29,7 +29,7 @@ UNLABELLED = -1
 #: for the hard non-matches that ``kd dedup apply``'s neighbour proposals bring (BENCHMARKS.md, dedup).
 STUDENT_LR_DECAY = {"name": "cosine", "start": 1.0, "end": 0.02}
 
-#: The CPU default (about 7 minutes on 2 cores): the large matcher learns febrl3, the small one febrl4 from
+#: The CPU default (about 5 minutes on 2 cores): the large matcher learns febrl3, the small one febrl4 from
 #: 50 labelled pairs and the teacher's scores on the rest.
 DEFAULTS: dict[str, Any] = {
     "teacher": {"arch": "siamese_large", "epochs": 2, "lr": 2e-3, "weight_decay": 1e-5},
