@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "threshold": 0.5,  # match probability that makes a pair a match
         "knn": 10,  # kd dedup apply: nearest neighbours per record in the matcher's space, added to blocking
         "train_knn": 10,  # students' training pairs: nearest neighbours per record in a TF-IDF space, added
+        "transitive_targets": True,  # distilled stages learn pairs the teacher's matches join as matches
     },
 }
 
@@ -130,6 +131,23 @@ def kd_fit_end(run, summary):
         threshold = float(run.config["options"]["threshold"])
         report.classic_rows(run.run_dir, run.data.train, run.data.val, threshold, int(run.config["seed"]))
         report.write_comparison(run.run_dir, Console())
+
+
+@hookimpl
+def kd_soft_targets(run, inputs, batch):
+    """With ``options.transitive_targets``: the teacher's targets on the target's training pairs, raised
+    where a chain of its matches joins a pair's records (:mod:`kd_dedup.targets`). Computed once per
+    teacher over the whole training pool, then looked up by the batch's pair positions."""
+    if not run.config["options"]["transitive_targets"]:
+        return None
+    from kd_dedup.targets import teacher_logits, transitive_targets
+
+    key = ("dedup.transitive_targets", run.variant, run.teacher_label)
+    if key not in run.plugin_state:
+        pool, threshold = run.data.train, float(run.config["options"]["threshold"])
+        logits = teacher_logits(run.teacher, pool, run.device)
+        run.plugin_state[key] = transitive_targets(logits, pool, threshold)
+    return run.plugin_state[key][batch[2].cpu()].to(run.device)
 
 
 def _record(run, name: str, model: nn.Module) -> dict[str, float]:

@@ -19,7 +19,7 @@ from sklearn.metrics import adjusted_rand_score
 from kd_dedup.blocking import isin_sorted, unique_codes
 from kd_dedup.tables import connected_entities, first_appearance
 
-__all__ = ["cluster_metrics", "cluster_records", "pair_metrics"]
+__all__ = ["cluster_metrics", "cluster_records", "pair_metrics", "transitive_scores"]
 
 
 def _pairs(pairs: np.ndarray, what: str, n: int | None = None) -> np.ndarray:
@@ -53,6 +53,53 @@ def cluster_records(n: int, pairs: np.ndarray, scores: np.ndarray, threshold: fl
     if len(scores) != len(pairs):
         raise ValueError(f"scores must hold one score per pair: {len(scores)} scores for {len(pairs)} pairs")
     return connected_entities(int(n), pairs[scores >= threshold])
+
+
+def transitive_scores(n: int, pairs: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Each pair's score raised to the strongest chain of matches that joins its two records.
+
+    A chain is a path of pairs scored ``>= threshold`` (the matches :func:`cluster_records` links); its
+    strength is its weakest pair's score. A pair whose records the matches join gets the strongest such
+    strength when that is above its own score (the max-min transitive closure, single linkage's merge
+    height); every other pair keeps its score. So two records the matches put in one entity score at
+    least ``threshold``, and as much as the weakest link joining them. Any monotone score works (match
+    probabilities, logit margins). Union-find over the matches from the strongest down, merging the
+    smaller component's pending pairs into the larger's: ``O(m log m)``.
+    """
+    pairs = _pairs(pairs, "pairs", int(n))
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(pairs):
+        raise ValueError(f"scores must hold one score per pair: {len(scores)} scores for {len(pairs)} pairs")
+    closed = scores.copy()
+    parent = np.arange(n)
+    members: dict[int, list[int]] = {}  # root -> its records (for components of 2 or more)
+    pending: dict[int, list[int]] = {}  # record -> pairs not yet joined that it is part of
+    for index, (a, b) in enumerate(pairs.tolist()):
+        pending.setdefault(a, []).append(index)
+        pending.setdefault(b, []).append(index)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    linking = np.flatnonzero(scores >= threshold)
+    for edge in linking[np.argsort(-scores[linking], kind="stable")].tolist():
+        big, small = root(int(pairs[edge, 0])), root(int(pairs[edge, 1]))
+        if big == small:
+            continue
+        if len(members.get(big, [big])) < len(members.get(small, [small])):
+            big, small = small, big
+        for record in members.get(small, [small]):
+            for index in pending.get(record, ()):
+                other = pairs[index, 1] if pairs[index, 0] == record else pairs[index, 0]
+                joined = root(int(other)) == big  # now, by this chain's weakest link so far
+                if joined and not closed[index] >= scores[edge]:
+                    closed[index] = scores[edge]
+        parent[small] = big
+        members[big] = members.pop(big, [big]) + members.pop(small, [small])
+    return closed
 
 
 def _ratios(tp: int, fp: int, fn: int) -> dict[str, float | int]:

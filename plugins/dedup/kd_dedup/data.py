@@ -57,8 +57,9 @@ from kdcore.samplers import FewLabelBatches, labelled_share
 class PairSet(Dataset):
     """Candidate pairs of one table as training or evaluation items.
 
-    Item ``i`` is ``(codes, label)``: the character codes ``(2, A, L)`` (``uint8``) of the pair's two
-    records and its label (1 match, 0 non-match, -1 unlabelled). The whole table's codes are kept once.
+    Item ``i`` is ``(codes, label, i)``: the character codes ``(2, A, L)`` (``uint8``) of the pair's two
+    records, its label (1 match, 0 non-match, -1 unlabelled) and its position, by which the plugin's
+    ``kd_soft_targets`` finds the pair's transitive target. The whole table's codes are kept once.
 
     Args:
         table: the records (with their ground truth for evaluation).
@@ -85,8 +86,8 @@ class PairSet(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.codes[self.pairs[index]], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.codes[self.pairs[index]], self.labels[index], index
 
 
 def pair_truth(table: RecordTable, pairs: np.ndarray) -> np.ndarray:
@@ -231,5 +232,6 @@ def build_task_data(config: Mapping[str, Any]) -> TaskData:
         info=matcher_info(target.columns, max_length),
         deterministic_train=True,
         train_batch_sampler=mixed_batch_sampler(labels),
+        soft_targets_per_item=True,  # the plugin's kd_soft_targets: the same targets for a pair every time
         teacher_data=teacher,
     )

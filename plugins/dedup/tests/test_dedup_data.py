@@ -105,8 +105,8 @@ def test_metrics_count_what_blocking_lost_as_misses():
     pairs = np.array([[0, 1], [2, 3], [0, 2], [4, 6]])  # entity 2's pair (4, 5) was not proposed
     pair_set = PairSet(table, encode_records(table.records, ["name"], 8), pairs, missed_true_pairs=1)
     assert pair_set.labels.tolist() == [1, 1, 0, 0]
-    codes, label = pair_set[1]
-    assert codes.shape == (2, 1, 8) and int(label) == 1
+    codes, label, position = pair_set[1]
+    assert codes.shape == (2, 1, 8) and int(label) == 1 and position == 1
     metrics = match_metrics(pair_set, np.array([0.9, 0.2, 0.7, 0.1]), threshold=0.5)
     # tp 1 (0-1), fp 1 (0-2), fn 1 (2-3) + 1 lost by blocking
     assert metrics["precision"] == pytest.approx(0.5)
