@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "threshold": 0.5,  # match probability that makes a pair a match
         "knn": 10,  # kd dedup apply: nearest neighbours per record in the matcher's space, added to blocking
         "train_knn": 10,  # students' training pairs: nearest neighbours per record in a TF-IDF space, added
-        "transitive_targets": True,  # distilled stages learn pairs the teacher's matches join as matches
+        "transitive_targets": True,  # students learn non-matches the teacher's matches join as matches
     },
 }
 
@@ -136,8 +136,8 @@ def kd_fit_end(run, summary):
 @hookimpl
 def kd_soft_targets(run, inputs, batch):
     """With ``options.transitive_targets``: the teacher's targets on the target's training pairs, raised
-    where a chain of its matches joins a pair's records (:mod:`kd_dedup.targets`). Computed once per
-    teacher over the whole training pool, then looked up by the batch's pair positions."""
+    for a pair it calls a non-match whose records a chain of its matches joins (:mod:`kd_dedup.targets`).
+    Computed once per teacher over the whole training pool, then looked up by the batch's positions."""
     if not run.config["options"]["transitive_targets"]:
         return None
     from kd_dedup.targets import teacher_logits, transitive_targets

@@ -1,15 +1,15 @@
-"""The teacher's soft targets on the target's training pairs, closed under transitivity.
+"""The teacher's soft targets on the target's training pairs, mended by transitivity.
 
 Identity is transitive: when the teacher matches record a with b and b with c, a and c are one entity
 too, however unlike a and c look. In a deduplicated table these are pairs of two duplicates of one
 original that each carry their own errors, the pairs a matcher trained on cleaner data scores low
-(BENCHMARKS.md, dedup). With ``options.transitive_targets`` (the default) each distilled stage learns,
-on every training pair, the teacher's match logit margin raised to the strongest chain of the teacher's
-matches that joins the pair's records (:func:`kd_dedup.clustering.transitive_scores`), instead of the
-teacher's own margin. Pairs the teacher's matches do not join keep the teacher's targets.
-
-A raised pair's match logit grows by the margin it gains; every other pair keeps the teacher's logits
-as they are, so logit losses (``distill.loss = "mse"``) see them unchanged.
+(BENCHMARKS.md, dedup). With ``options.transitive_targets`` (the default) each distilled stage learns
+such a pair, one the teacher calls a non-match but whose records a chain of its matches joins, as a
+match as strong as the chain's weakest link (the strongest chain's; the max-min closure of
+:func:`kd_dedup.clustering.transitive_scores`). Every other pair keeps the teacher's logits as they are:
+raising the margins of pairs the teacher already matches made the student match more of ``kd dedup
+apply``'s neighbour proposals wrongly (BENCHMARKS.md, dedup), and logit losses (``distill.loss =
+"mse"``) see the teacher's own logits.
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ def teacher_logits(
 
 
 def transitive_targets(logits: torch.Tensor, pairs: PairSet, threshold: float) -> torch.Tensor:
-    """The teacher's ``logits`` ``(m, 2)`` with each pair's match logit raised until its margin is the
-    strongest chain of the teacher's matches (match probability ``>= threshold``) joining its records,
-    where that is above its own; see the module docstring. ``logits`` is not modified."""
+    """The teacher's ``logits`` ``(m, 2)``, where a pair it scores under ``threshold`` has its records
+    joined by a chain of its matches, with the match logit raised until the margin is that of the
+    chain's weakest link; see the module docstring. ``logits`` is not modified."""
     margins = (logits[:, 1] - logits[:, 0]).double()
     cut = threshold_margin(threshold)
     closed = torch.from_numpy(transitive_scores(len(pairs.table), pairs.pairs.numpy(), margins.numpy(), cut))
+    mended = torch.where(margins < cut, closed, margins)
     raised = logits.clone()
-    raised[:, 1] += (closed - margins).to(logits.dtype)
+    raised[:, 1] += (mended - margins).to(logits.dtype)
     return raised

@@ -73,9 +73,9 @@ def test_the_closure_agrees_with_a_brute_force_oracle_on_random_graphs(seed):
 
 
 def pair_set() -> PairSet:
-    records = pd.DataFrame({"id": ["a", "b", "c", "d"], "name": ["ann", "bea", "cat", "dan"]})
-    table = RecordTable("four", records, ("name",), entity=np.array([0, 0, 0, 1]))
-    pairs = np.array([[0, 1], [1, 2], [0, 2], [2, 3]])
+    records = pd.DataFrame({"id": list("abcde"), "name": ["ann", "bea", "cat", "dan", "eve"]})
+    table = RecordTable("five", records, ("name",), entity=np.array([0, 0, 0, 1, 0]))
+    pairs = np.array([[0, 1], [1, 2], [0, 2], [2, 3], [0, 4], [2, 4]])
     return PairSet(table, encode_records(table.records, ["name"], 6), pairs)
 
 
@@ -95,23 +95,27 @@ class FixedTeacher(nn.Module):
 
 def teacher_for(pairs: PairSet) -> FixedTeacher:
     first = [int(pairs.codes[i, 0, 0]) for i in range(len(pairs.table))]
-    wanted = {(0, 1): 3.0, (1, 2): 1.0, (0, 2): -4.0, (2, 3): -2.0}
+    wanted = {(0, 1): 3.0, (1, 2): 3.0, (0, 2): 1.0, (2, 3): -2.0, (0, 4): 2.0, (2, 4): -3.0}
     return FixedTeacher({(first[a], first[b]): m for (a, b), m in wanted.items()})
 
 
-def test_the_teachers_logits_are_raised_only_where_its_matches_join_the_pair():
+def test_only_a_non_match_that_the_teachers_matches_join_is_raised():
     pairs = pair_set()
     teacher = teacher_for(pairs)
-    logits = teacher_logits(teacher, pairs, torch.device("cpu"), batch=3)
-    assert teacher.calls == 2 and logits.shape == (4, 2)  # 4 pairs in batches of 3
+    logits = teacher_logits(teacher, pairs, torch.device("cpu"), batch=4)
+    assert teacher.calls == 2 and logits.shape == (6, 2)  # 6 pairs in batches of 4
     targets = transitive_targets(logits, pairs, threshold=0.5)
     margins = (targets[:, 1] - targets[:, 0]).tolist()
-    assert margins == pytest.approx([3.0, 1.0, 1.0, -2.0])  # a-c joined through a-b-c at margin 1
-    assert torch.equal(targets[:, 0], logits[:, 0]) and torch.equal(targets[[0, 1, 3]], logits[[0, 1, 3]])
-    assert (logits[2, 1] - logits[2, 0]).item() == pytest.approx(-4.0)  # the input is not modified
-    # a threshold of 0.8 (margin log 4 = 1.39): b-c no longer links, nothing is raised
-    assert torch.equal(transitive_targets(logits, pairs, threshold=0.8), logits)
-    assert threshold_margin(0.8) == pytest.approx(math.log(4))
+    # c-e (-3) is joined through c-b-a-e, whose weakest link is a-e (2); a-c (1), a match already, keeps
+    # its margin although a-b-c (3) is stronger; c-d (-2) is joined by no chain
+    assert margins == pytest.approx([3.0, 3.0, 1.0, -2.0, 2.0, 2.0])
+    assert torch.equal(targets[:, 0], logits[:, 0]) and torch.equal(targets[:5], logits[:5])
+    assert (logits[5, 1] - logits[5, 0]).item() == pytest.approx(-3.0)  # the input is not modified
+    # at threshold 0.9 (margin log 9 = 2.2) only a-b and b-c link: a-c, now a non-match, is raised to
+    # a-b-c's 3, and c-e stays
+    strict = transitive_targets(logits, pairs, threshold=0.9)
+    assert (strict[:, 1] - strict[:, 0]).tolist() == pytest.approx([3.0, 3.0, 3.0, -2.0, 2.0, -3.0])
+    assert threshold_margin(0.9) == pytest.approx(math.log(9))
     with pytest.raises(ValueError, match=r"options\.threshold must be a match probability strictly between"):
         transitive_targets(logits, pairs, threshold=1.0)
 
@@ -129,9 +133,9 @@ def test_kd_soft_targets_looks_the_targets_up_by_pair_position_once_per_teacher(
         data=SimpleNamespace(train=pairs),
         device=torch.device("cpu"),
     )
-    batch = (None, None, torch.tensor([2, 0]))
+    batch = (None, None, torch.tensor([5, 0]))
     first = kd_soft_targets(run=run, inputs=None, batch=batch)
-    assert (first[:, 1] - first[:, 0]).tolist() == pytest.approx([1.0, 3.0])
+    assert (first[:, 1] - first[:, 0]).tolist() == pytest.approx([2.0, 3.0])
     calls = teacher.calls
     again = kd_soft_targets(run=run, inputs=None, batch=(None, None, torch.tensor([3])))
     assert teacher.calls == calls  # computed once for this teacher
