@@ -73,7 +73,7 @@ def transitive_scores(n: int, pairs: np.ndarray, scores: np.ndarray, threshold: 
     closed = scores.copy()
     parent = np.arange(n)
     members: dict[int, list[int]] = {}  # root -> its records (for components of 2 or more)
-    pending: dict[int, list[int]] = {}  # record -> pairs not yet joined that it is part of
+    pending: dict[int, list[int]] = {}  # record -> the pairs it is part of
     for index, (a, b) in enumerate(pairs.tolist()):
         pending.setdefault(a, []).append(index)
         pending.setdefault(b, []).append(index)

@@ -151,20 +151,14 @@ def encode_table(
 
 
 @torch.no_grad()
-def pair_logits(
-    model: SiameseMatcher, encoded: torch.Tensor, pairs: torch.Tensor, batch: int = 65536
-) -> torch.Tensor:
-    """Logits ``(m, 2)`` (CPU float32; non-match, match) of positional ``pairs`` over an encoded table."""
-    model.eval()
-    out = []
-    for i in range(0, len(pairs), batch):
-        chunk = pairs[i : i + batch].to(encoded.device)
-        out.append(model.compare(encoded[chunk[:, 0]], encoded[chunk[:, 1]]).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 2)
-
-
 def score_pairs(
     model: SiameseMatcher, encoded: torch.Tensor, pairs: torch.Tensor, batch: int = 65536
 ) -> torch.Tensor:
     """Match probabilities (CPU float32) of positional ``pairs`` ``(m, 2)`` over an encoded table."""
-    return pair_logits(model, encoded, pairs, batch).softmax(dim=1)[:, 1]
+    model.eval()
+    out = []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch].to(encoded.device)
+        logits = model.compare(encoded[chunk[:, 0]], encoded[chunk[:, 1]])
+        out.append(logits.float().softmax(dim=1)[:, 1].cpu())
+    return torch.cat(out) if out else torch.zeros(0)
