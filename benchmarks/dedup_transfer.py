@@ -152,12 +152,11 @@ def throughput(checkpoint: str, student_checkpoint: str, repeats: int) -> list[d
     """Pairs per second of the teacher and the student on the febrl4 test pairs (see the docstring)."""
     config = resolve(DEFAULTS, overrides={"plugin": "dedup", "task": "match"})
     table = load_table("febrl4")
-    info = load_checkpoint(checkpoint)["data_info"]
+    states = {"teacher": load_checkpoint(checkpoint), "student": load_checkpoint(student_checkpoint)}
+    info = states["teacher"]["data_info"]
     codes = encode_records(table.records, info["columns"], info["max_length"])
     pairs = torch.from_numpy(candidate_pairs(table, blocking_passes(config["options"], table.columns)))
-    models = {}
-    for name, path in (("teacher", checkpoint), ("student", student_checkpoint)):
-        models[name] = matcher_from_state(load_checkpoint(path), config)
+    models = {name: matcher_from_state(state, config) for name, state in states.items()}
     cpu = torch.device("cpu")
 
     def over_table(model):
