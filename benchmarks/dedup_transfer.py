@@ -102,7 +102,7 @@ def quality(args: argparse.Namespace, work: Path) -> tuple[str, str, list[dict]]
     teacher_run = fit(teacher_config, console=quiet)
     checkpoint = str(teacher_run.run_dir / "checkpoints" / "teacher_best.pt")
     rows = []
-    for target in TARGETS:
+    for target in args.targets:
         spec = noisier(target, args.noise, work / "targets") if args.noise else target
         for seed in range(args.seeds):
             overrides = {**common, "seed": seed, "teacher": {"checkpoint": checkpoint}}
@@ -323,7 +323,7 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
     )
     summary.add_column("model")
     means: dict[str, dict] = {}
-    targets = [target_label(target, args.noise) for target in TARGETS]
+    targets = [target_label(target, args.noise) for target in args.targets]
     for target in targets:
         summary.add_column(target, justify="right")
         mine = [r for r in rows if r["target"] == target]
@@ -354,6 +354,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--labels", type=int, default=50)
+    parser.add_argument(
+        "--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="quality: the targets to run"
+    )
     parser.add_argument(
         "--noise",
         type=float,

@@ -15,13 +15,18 @@ What :func:`build_task_data` builds from the run's ``options`` (defaults in :mod
    that share a postcode, a birth date or a name neighbourhood, hard by construction.
    The target training pool also gets each record's ``options.train_knn`` nearest neighbours (default
    10) in a character TF-IDF space (:func:`training_neighbours`): ``kd dedup apply`` proposes neighbours
-   too, and a student that never saw such hard non-matches scores some of them as matches.
+   too, and a student that never saw such hard non-matches scores some of them as matches. With
+   ``options.teacher_knn`` (default 0: none) the source's training part gets its nearest neighbours the
+   same way, labelled from the source's ground truth, so that the teacher learns such pairs too.
 4. **Labels.** Every source pair is labelled (the teacher has many labels). In the target training pool
    only ``options.labels`` pairs are (default 50): a labeller shown blocking's candidate pairs, labelling
    ``options.label_match_fraction`` matches (default half) and the rest non-matches, drawn with the run
    seed. Every other target pair is unlabelled (label ``-1``): the student learns it from the teacher's
    soft match score; the supervised loss ignores it.
-5. **Batches.** Student batches hold ``options.labelled_per_batch`` labelled pairs (drawn again and again:
+5. **Corrupted source pairs.** With ``options.augment.rate`` above 0 (default 0: off) each teacher
+   training pair's second record gets more errors as it is read (:mod:`kd_dedup.augment`): a teacher
+   that has seen duplicates as damaged as a noisier target's misses fewer of them.
+6. **Batches.** Student batches hold ``options.labelled_per_batch`` labelled pairs (drawn again and again:
    there are few) and the rest unlabelled pairs, each unlabelled pair once per epoch. The no-KD baseline
    draws the same batches; only their labelled part teaches it.
 
@@ -40,6 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kd_dedup import UNLABELLED
+from kd_dedup.augment import Corruption, corruption_from
 from kd_dedup.blocking import (
     FEBRL_PASSES,
     candidate_pairs,
@@ -67,6 +73,8 @@ class PairSet(Dataset):
         pairs: positional candidate pairs ``(m, 2)``.
         labels: ``(m,)`` labels; ``None``: every pair labelled from ``table.entity``.
         missed_true_pairs: true pairs of ``table`` that blocking did not propose (recall counts them).
+        corruption: errors added to each item's second record as it is read (the teacher's training
+            pairs with ``options.augment``; :mod:`kd_dedup.augment`), or ``None``.
     """
 
     def __init__(
@@ -76,8 +84,9 @@ class PairSet(Dataset):
         pairs: np.ndarray,
         labels: np.ndarray | None = None,
         missed_true_pairs: int = 0,
+        corruption: Corruption | None = None,
     ) -> None:
-        self.table, self.codes = table, codes
+        self.table, self.codes, self.corruption = table, codes, corruption
         self.pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
         truth = pair_truth(table, pairs) if labels is None else np.asarray(labels, dtype=np.int64)
         self.labels = torch.as_tensor(truth, dtype=torch.long)
@@ -87,7 +96,10 @@ class PairSet(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.codes[self.pairs[index]], self.labels[index], index
+        codes = self.codes[self.pairs[index]]
+        if self.corruption is not None:
+            codes = self.corruption(codes)
+        return codes, self.labels[index], index
 
 
 def pair_truth(table: RecordTable, pairs: np.ndarray) -> np.ndarray:
@@ -179,14 +191,22 @@ def _reading_for(spec: str, reading: Mapping[str, str]) -> dict[str, str]:
     return {"id_column": reading["id_column"]} if str(spec).lower() in FEBRL_SETS else dict(reading)
 
 
-def pair_set(table: RecordTable, passes: list[dict[str, Any]], max_length: int, labels=None) -> PairSet:
-    """A fully labelled (or ``labels``-labelled) :class:`PairSet` of ``table``'s candidate pairs."""
+def pair_set(
+    table: RecordTable,
+    passes: list[dict[str, Any]],
+    max_length: int,
+    corruption: Corruption | None = None,
+    neighbours: int = 0,
+) -> PairSet:
+    """A fully labelled :class:`PairSet` of ``table``'s candidate pairs, plus each record's ``neighbours``
+    nearest text neighbours (:func:`training_neighbours`), with ``corruption`` if given."""
     pairs = candidate_pairs(table, passes)
+    pairs = np.concatenate([pairs, training_neighbours(table, pairs, neighbours)])
     missed = 0
     if table.entity is not None:
         missed = len(table.true_pairs()) - int(pair_truth(table, pairs).sum())
     codes = encode_records(table.records, table.columns, max_length)
-    return PairSet(table, codes, pairs, labels, missed_true_pairs=missed)
+    return PairSet(table, codes, pairs, missed_true_pairs=missed, corruption=corruption)
 
 
 def training_neighbours(pool: RecordTable, pairs: np.ndarray, k: int) -> np.ndarray:
@@ -211,11 +231,14 @@ def build_task_data(config: Mapping[str, Any]) -> TaskData:
     max_length = int(options["max_length"])
     source_train, source_val = split_by_entity(source, 0.2, seed)
     target_train, target_test = split_by_entity(target, float(options["test_fraction"]), seed)
+    corruption = corruption_from(options, source.columns)
     teacher = TaskData(
-        train=pair_set(source.subset(source_train), passes, max_length),
+        train=pair_set(
+            source.subset(source_train), passes, max_length, corruption, int(options["teacher_knn"])
+        ),
         val=pair_set(source.subset(source_val), passes, max_length),
         info=matcher_info(source.columns, max_length),
-        deterministic_train=True,
+        deterministic_train=corruption is None,
     )
     pool = target.subset(target_train)
     pool_pairs = candidate_pairs(pool, passes)

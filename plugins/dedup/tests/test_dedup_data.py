@@ -145,6 +145,21 @@ def test_the_students_also_learn_text_neighbours_that_blocking_missed_unlabelled
     assert 0 < truth.sum() < 0.2 * len(truth)  # a few matches blocking lost, mostly hard non-matches
 
 
+def test_the_teacher_also_learns_the_source_text_neighbours_labelled_from_its_ground_truth():
+    task = {"plugin": "dedup", "task": "match"}
+    plain = build_task_data(resolve(DEFAULTS, sets=["options.teacher_knn=0"], overrides=task)).teacher_data
+    data = build_task_data(resolve(DEFAULTS, sets=["options.teacher_knn=10"], overrides=task)).teacher_data
+    blocked = len(plain.train)
+    assert torch.equal(data.train.pairs[:blocked], plain.train.pairs)
+    extra = data.train.pairs[blocked:]
+    assert len(extra) > 5_000
+    assert torch.equal(
+        data.train.labels[blocked:], torch.from_numpy(pair_truth(data.train.table, extra.numpy()))
+    )
+    assert 0 < int(data.train.labels[blocked:].sum()) < 0.2 * len(extra)  # mostly hard non-matches
+    assert torch.equal(data.val.pairs, plain.val.pairs)  # validation stays blocking's pairs
+
+
 def test_pairs_beyond_keeps_the_new_pairs_once():
     base = np.array([[0, 1], [1, 2]])
     extra = np.array([[1, 2], [0, 3], [0, 3], [2, 4]])
