@@ -63,10 +63,11 @@ DEFAULTS: dict[str, Any] = {
         "threshold": 0.5,  # match probability that makes a pair a match
         "knn": 10,  # kd dedup apply: nearest neighbours per record in the matcher's space, added to blocking
         "train_knn": 10,  # students' training pairs: nearest neighbours per record in a TF-IDF space, added
-        "teacher_knn": 0,  # the teacher's training pairs: the same neighbours in the source, labelled
+        "teacher_knn": 10,  # the teacher's training pairs: the same neighbours in the source, labelled
+        "teacher_shared": 10,  # the teacher's training pairs: random partners sharing a value, per record
         "transitive_targets": True,  # students learn non-matches the teacher's matches join as matches
         # the teacher's training pairs: errors added to the second record (kd_dedup.augment); rate 0: off
-        "augment": {"rate": 0.0, "edit": 0.3, "blank": 0.05, "swap": 0.1, "swaps": []},
+        "augment": {"rate": 0.2, "edit": 0.3, "blank": 0.05, "swap": 0.1, "swaps": []},
     },
 }
 

@@ -15,15 +15,18 @@ What :func:`build_task_data` builds from the run's ``options`` (defaults in :mod
    that share a postcode, a birth date or a name neighbourhood, hard by construction.
    The target training pool also gets each record's ``options.train_knn`` nearest neighbours (default
    10) in a character TF-IDF space (:func:`training_neighbours`): ``kd dedup apply`` proposes neighbours
-   too, and a student that never saw such hard non-matches scores some of them as matches. With
-   ``options.teacher_knn`` (default 0: none) the source's training part gets its nearest neighbours the
-   same way, labelled from the source's ground truth, so that the teacher learns such pairs too.
+   too, and a student that never saw such hard non-matches scores some of them as matches. The
+   source's training part gets the same: its ``options.teacher_knn`` nearest neighbours (default 10),
+   labelled from the source's ground truth, and ``options.teacher_shared`` random partners per record
+   (default 10) that share one attribute value with it (:func:`shared_value_pairs`): mostly unrelated
+   records with a suburb or a given name in common. A teacher that learns corrupted duplicates (5.)
+   and never sees such pairs takes them for matches (BENCHMARKS.md, dedup, sessions 16 and 17).
 4. **Labels.** Every source pair is labelled (the teacher has many labels). In the target training pool
    only ``options.labels`` pairs are (default 50): a labeller shown blocking's candidate pairs, labelling
    ``options.label_match_fraction`` matches (default half) and the rest non-matches, drawn with the run
    seed. Every other target pair is unlabelled (label ``-1``): the student learns it from the teacher's
    soft match score; the supervised loss ignores it.
-5. **Corrupted source pairs.** With ``options.augment.rate`` above 0 (default 0: off) each teacher
+5. **Corrupted source pairs.** With ``options.augment.rate`` above 0 (default 0.2; 0: off) each teacher
    training pair's second record gets more errors as it is read (:mod:`kd_dedup.augment`): a teacher
    that has seen duplicates as damaged as a noisier target's misses fewer of them.
 6. **Batches.** Student batches hold ``options.labelled_per_batch`` labelled pairs (drawn again and again:
@@ -41,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -52,6 +56,7 @@ from kd_dedup.blocking import (
     knn_pairs,
     pairs_beyond,
     text_embedding,
+    union_pairs,
     validate_passes,
 )
 from kd_dedup.encoding import encode_records
@@ -197,11 +202,15 @@ def pair_set(
     max_length: int,
     corruption: Corruption | None = None,
     neighbours: int = 0,
+    shared: int = 0,
+    seed: int = 0,
 ) -> PairSet:
     """A fully labelled :class:`PairSet` of ``table``'s candidate pairs, plus each record's ``neighbours``
-    nearest text neighbours (:func:`training_neighbours`), with ``corruption`` if given."""
+    nearest text neighbours (:func:`training_neighbours`) and ``shared`` records sharing a value with it
+    (:func:`shared_value_pairs`, drawn with ``seed``), with ``corruption`` if given."""
     pairs = candidate_pairs(table, passes)
     pairs = np.concatenate([pairs, training_neighbours(table, pairs, neighbours)])
+    pairs = np.concatenate([pairs, pairs_beyond(pairs, shared_value_pairs(table, shared, seed))])
     missed = 0
     if table.entity is not None:
         missed = len(table.true_pairs()) - int(pair_truth(table, pairs).sum())
@@ -216,6 +225,51 @@ def training_neighbours(pool: RecordTable, pairs: np.ndarray, k: int) -> np.ndar
     if k <= 0 or len(pool) < 2:
         return np.zeros((0, 2), dtype=np.int64)
     return pairs_beyond(pairs, knn_pairs(text_embedding(pool), min(k, len(pool) - 1), pool.side))
+
+
+def shared_value_pairs(table: RecordTable, per_record: int, seed: int) -> np.ndarray:
+    """Each record paired with ``per_record`` random records that share one attribute value with it.
+
+    For each draw the attribute is chosen at random among those whose (non-empty) value the record shares
+    with another record, then the partner among those records. Most such pairs are unrelated records
+    with one value in common (a suburb, a street number, a given name): the false matches a bold matcher
+    makes among ``kd dedup apply``'s neighbour proposals, and a kind that blocking, keyed on a few rare
+    values, seldom shows a teacher. For linkage only pairs across the two tables are kept. Returns the
+    format of :meth:`RecordTable.true_pairs`, drawn with ``seed``.
+    """
+    n, width = len(table), len(table.columns)
+    if per_record <= 0 or n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    # Per attribute: the records sorted by value, and each record's value group in that order.
+    order = np.empty((width, n), dtype=np.int64)
+    start, size, rank = (np.empty((n, width), dtype=np.int64) for _ in range(3))
+    for a, column in enumerate(table.columns):
+        values = table.records[column].to_numpy(dtype=object)
+        groups = pd.factorize(values)[0].astype(np.int64)
+        groups[values == ""] = -1
+        order[a] = np.argsort(groups, kind="stable")
+        start[:, a] = np.searchsorted(groups[order[a]], groups, side="left")
+        size[:, a] = np.searchsorted(groups[order[a]], groups, side="right") - start[:, a]
+        size[groups < 0, a] = 0  # an empty value is shared with nobody
+        rank[order[a], a] = np.arange(n)
+    shared = size >= 2
+    records = np.flatnonzero(shared.any(axis=1))
+    drawn = []
+    for _ in range(per_record):
+        attribute = (rng.random((len(records), width)) * shared[records]).argmax(axis=1)
+        own = rank[records, attribute] - start[records, attribute]
+        other = rng.integers(0, size[records, attribute] - 1)
+        other += other >= own  # never the record itself
+        partner = order[attribute, start[records, attribute] + other]
+        drawn.append(np.stack([records, partner], axis=1))
+    drawn = np.concatenate(drawn)
+    if table.side is None:
+        drawn = np.sort(drawn, axis=1)
+    else:
+        drawn = drawn[table.side[drawn[:, 0]] != table.side[drawn[:, 1]]]
+        drawn = np.where(table.side[drawn[:, :1]] == 0, drawn, drawn[:, ::-1])
+    return union_pairs(drawn)
 
 
 def matcher_info(columns: Sequence[str], max_length: int) -> dict[str, Any]:
@@ -234,7 +288,13 @@ def build_task_data(config: Mapping[str, Any]) -> TaskData:
     corruption = corruption_from(options, source.columns)
     teacher = TaskData(
         train=pair_set(
-            source.subset(source_train), passes, max_length, corruption, int(options["teacher_knn"])
+            source.subset(source_train),
+            passes,
+            max_length,
+            corruption,
+            neighbours=int(options["teacher_knn"]),
+            shared=int(options["teacher_shared"]),
+            seed=seed,
         ),
         val=pair_set(source.subset(source_val), passes, max_length),
         info=matcher_info(source.columns, max_length),

@@ -17,6 +17,7 @@ from kd_dedup.data import (
     choose_labels,
     mixed_batch_sampler,
     pair_truth,
+    shared_value_pairs,
     split_by_entity,
     training_neighbours,
 )
@@ -145,10 +146,16 @@ def test_the_students_also_learn_text_neighbours_that_blocking_missed_unlabelled
     assert 0 < truth.sum() < 0.2 * len(truth)  # a few matches blocking lost, mostly hard non-matches
 
 
+def teacher_data(*sets: str):
+    """The teacher's pair sets of the default task with ``sets``."""
+    return build_task_data(
+        resolve(DEFAULTS, sets=list(sets), overrides={"plugin": "dedup", "task": "match"})
+    ).teacher_data
+
+
 def test_the_teacher_also_learns_the_source_text_neighbours_labelled_from_its_ground_truth():
-    task = {"plugin": "dedup", "task": "match"}
-    plain = build_task_data(resolve(DEFAULTS, sets=["options.teacher_knn=0"], overrides=task)).teacher_data
-    data = build_task_data(resolve(DEFAULTS, sets=["options.teacher_knn=10"], overrides=task)).teacher_data
+    plain = teacher_data("options.teacher_shared=0", "options.teacher_knn=0")
+    data = teacher_data("options.teacher_shared=0", "options.teacher_knn=10")
     blocked = len(plain.train)
     assert torch.equal(data.train.pairs[:blocked], plain.train.pairs)
     extra = data.train.pairs[blocked:]
@@ -185,6 +192,57 @@ def test_text_neighbours_find_a_misspelt_duplicate_that_needs_no_shared_key():
     assert [0, 1] in found.tolist()
     assert training_neighbours(table, np.array([[0, 1]]), 1).tolist().count([0, 1]) == 0
     assert len(training_neighbours(table, np.zeros((0, 2), dtype=np.int64), 0)) == 0
+
+
+def people(side=None) -> RecordTable:
+    records = pd.DataFrame(
+        [
+            ["a", "anna", "brown", "4000"],
+            ["b", "anna", "clark", "5000"],
+            ["c", "peter", "davis", "5000"],
+            ["d", "zoe", "evans", ""],
+            ["e", "", "", ""],
+            ["f", "peter", "fox", "6000"],
+        ],
+        columns=["id", "given_name", "surname", "postcode"],
+    )
+    return RecordTable(
+        "people", records, ("given_name", "surname", "postcode"), side=side, entity=np.arange(6)
+    )
+
+
+def test_shared_value_partners_share_a_value_and_come_from_the_seed():
+    table = people()
+    pairs = shared_value_pairs(table, 4, seed=0)
+    values = table.records[list(table.columns)].to_numpy()
+    for i, j in pairs.tolist():
+        assert i < j and any(a == b != "" for a, b in zip(values[i], values[j], strict=True))
+    # the only pairs sharing a value; zoe and the empty record share nothing (an empty value is no value)
+    assert set(map(tuple, pairs.tolist())) <= {(0, 1), (1, 2), (2, 5)}
+    assert {(0, 1), (2, 5)} <= set(map(tuple, pairs.tolist()))  # anna's and peter's only partners
+    assert np.array_equal(shared_value_pairs(table, 4, seed=0), pairs)
+    assert shared_value_pairs(table, 0, seed=0).shape == (0, 2)
+
+
+def test_shared_value_partners_of_a_linkage_cross_the_two_tables_a_first():
+    table = people(side=np.array([0, 1, 0, 1, 0, 1]))
+    pairs = shared_value_pairs(table, 6, seed=1)
+    assert len(pairs) and (table.side[pairs[:, 0]] == 0).all() and (table.side[pairs[:, 1]] == 1).all()
+    assert set(map(tuple, pairs.tolist())) <= {(0, 1), (2, 1), (2, 5)}
+
+
+def test_the_teacher_also_learns_random_records_sharing_a_value_labelled():
+    plain = teacher_data("options.teacher_knn=0", "options.teacher_shared=0")
+    data = teacher_data("options.teacher_knn=0", "options.teacher_shared=5")
+    blocked = len(plain.train)
+    assert torch.equal(data.train.pairs[:blocked], plain.train.pairs)
+    extra = data.train.pairs[blocked:].numpy()
+    assert len(extra) > 5_000
+    assert not {tuple(p) for p in plain.train.pairs.tolist()} & {tuple(p) for p in extra.tolist()}
+    truth = pair_truth(data.train.table, extra)
+    assert torch.equal(data.train.labels[blocked:], torch.from_numpy(truth))
+    assert truth.sum() < 0.001 * len(truth)  # on febrl3 blocking holds almost every duplicate they draw
+    assert torch.equal(data.val.pairs, plain.val.pairs)
 
 
 def test_a_target_without_the_sources_columns_is_refused_naming_the_file_and_column(tmp_path):
