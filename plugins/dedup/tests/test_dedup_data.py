@@ -174,45 +174,41 @@ def test_pairs_beyond_keeps_the_new_pairs_once():
     assert pairs_beyond(base, np.zeros((0, 2), dtype=np.int64)).shape == (0, 2)
 
 
+def people(rows: list[list[str]], entity, side=None) -> RecordTable:
+    """A table of ``rows`` (id, given name, surname, postcode)."""
+    records = pd.DataFrame(rows, columns=["id", "given_name", "surname", "postcode"])
+    columns = ("given_name", "surname", "postcode")
+    return RecordTable("people", records, columns, side=side, entity=np.asarray(entity))
+
+
 def test_text_neighbours_find_a_misspelt_duplicate_that_needs_no_shared_key():
-    records = pd.DataFrame(
-        [
-            ["a", "katherine", "smithson", "4000"],
-            ["b", "kathrine", "smithsen", "9999"],
-            ["c", "peter", "brown", "4000"],
-            ["d", "alice", "jones", "2000"],
-            ["e", "zoe", "wilkinson", "3000"],
-        ],
-        columns=["id", "given_name", "surname", "postcode"],
-    )
-    table = RecordTable(
-        "people", records, ("given_name", "surname", "postcode"), entity=np.array([0, 0, 1, 2, 3])
-    )
+    rows = [
+        ["a", "katherine", "smithson", "4000"],
+        ["b", "kathrine", "smithsen", "9999"],
+        ["c", "peter", "brown", "4000"],
+        ["d", "alice", "jones", "2000"],
+        ["e", "zoe", "wilkinson", "3000"],
+    ]
+    table = people(rows, [0, 0, 1, 2, 3])
     found = training_neighbours(table, np.zeros((0, 2), dtype=np.int64), 1)
     assert [0, 1] in found.tolist()
     assert training_neighbours(table, np.array([[0, 1]]), 1).tolist().count([0, 1]) == 0
     assert len(training_neighbours(table, np.zeros((0, 2), dtype=np.int64), 0)) == 0
 
 
-def people(side=None) -> RecordTable:
-    records = pd.DataFrame(
-        [
-            ["a", "anna", "brown", "4000"],
-            ["b", "anna", "clark", "5000"],
-            ["c", "peter", "davis", "5000"],
-            ["d", "zoe", "evans", ""],
-            ["e", "", "", ""],
-            ["f", "peter", "fox", "6000"],
-        ],
-        columns=["id", "given_name", "surname", "postcode"],
-    )
-    return RecordTable(
-        "people", records, ("given_name", "surname", "postcode"), side=side, entity=np.arange(6)
-    )
+#: Anna and Peter share a given name, Clark and Davis a postcode; Zoe and the empty record share nothing.
+SHARING = [
+    ["a", "anna", "brown", "4000"],
+    ["b", "anna", "clark", "5000"],
+    ["c", "peter", "davis", "5000"],
+    ["d", "zoe", "evans", ""],
+    ["e", "", "", ""],
+    ["f", "peter", "fox", "6000"],
+]
 
 
 def test_shared_value_partners_share_a_value_and_come_from_the_seed():
-    table = people()
+    table = people(SHARING, range(6))
     pairs = shared_value_pairs(table, 4, seed=0)
     values = table.records[list(table.columns)].to_numpy()
     for i, j in pairs.tolist():
@@ -225,7 +221,7 @@ def test_shared_value_partners_share_a_value_and_come_from_the_seed():
 
 
 def test_shared_value_partners_of_a_linkage_cross_the_two_tables_a_first():
-    table = people(side=np.array([0, 1, 0, 1, 0, 1]))
+    table = people(SHARING, range(6), side=np.array([0, 1, 0, 1, 0, 1]))
     pairs = shared_value_pairs(table, 6, seed=1)
     assert len(pairs) and (table.side[pairs[:, 0]] == 0).all() and (table.side[pairs[:, 1]] == 1).all()
     assert set(map(tuple, pairs.tolist())) <= {(0, 1), (2, 1), (2, 5)}
