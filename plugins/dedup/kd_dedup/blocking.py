@@ -59,6 +59,7 @@ __all__ = [
     "blocking_quality",
     "candidate_pairs",
     "isin_sorted",
+    "key_groups",
     "knn_pairs",
     "union_pairs",
     "unique_codes",
@@ -233,11 +234,17 @@ def _key(records: pd.DataFrame, on: Sequence[str], prefix: int = 0) -> tuple[np.
     return key.to_numpy(dtype=object), empty
 
 
-def _block_pass(table: RecordTable, spec: dict[str, Any], max_pairs: int) -> np.ndarray:
-    key, empty = _key(table.records, spec["on"], spec["prefix"])
-    groups, _ = pd.factorize(key)
-    groups = groups.astype(np.int64)
+def key_groups(records: pd.DataFrame, on: Sequence[str], prefix: int = 0) -> np.ndarray:
+    """Each record's group (int64) under a ``block`` pass's key on ``on`` (and ``prefix``): records with
+    equal keys share a group; a record with any ``on`` value empty has no key and gets -1."""
+    key, empty = _key(records, on, prefix)
+    groups = pd.factorize(key)[0].astype(np.int64)
     groups[empty.any(axis=1)] = -1
+    return groups
+
+
+def _block_pass(table: RecordTable, spec: dict[str, Any], max_pairs: int) -> np.ndarray:
+    groups = key_groups(table.records, spec["on"], spec["prefix"])
     return pairs_within_groups(groups, table.side, max_pairs=max_pairs)
 
 

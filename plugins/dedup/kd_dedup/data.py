@@ -44,7 +44,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -53,6 +52,7 @@ from kd_dedup.augment import Corruption, corruption_from
 from kd_dedup.blocking import (
     FEBRL_PASSES,
     candidate_pairs,
+    key_groups,
     knn_pairs,
     pairs_beyond,
     text_embedding,
@@ -245,9 +245,7 @@ def shared_value_pairs(table: RecordTable, per_record: int, seed: int) -> np.nda
     order = np.empty((width, n), dtype=np.int64)
     start, size, rank = (np.empty((n, width), dtype=np.int64) for _ in range(3))
     for a, column in enumerate(table.columns):
-        values = table.records[column].to_numpy(dtype=object)
-        groups = pd.factorize(values)[0].astype(np.int64)
-        groups[values == ""] = -1
+        groups = key_groups(table.records, [column])
         order[a] = np.argsort(groups, kind="stable")
         start[:, a] = np.searchsorted(groups[order[a]], groups, side="left")
         size[:, a] = np.searchsorted(groups[order[a]], groups, side="right") - start[:, a]
