@@ -58,6 +58,7 @@ __all__ = [
     "METHODS",
     "blocking_quality",
     "candidate_pairs",
+    "canonical_pairs",
     "isin_sorted",
     "key_groups",
     "knn_pairs",
@@ -462,8 +463,9 @@ def _cell_neighbour_pairs(
     return _decode(unique_codes(_pair_codes(query, neighbour, n, same=same, swap=swap)), n)
 
 
-def _canonical(pairs: np.ndarray, table: RecordTable) -> np.ndarray:
-    """Pairs as table.true_pairs() orients them; ValueError for a position out of range or a bad pair."""
+def canonical_pairs(pairs: np.ndarray, table: RecordTable) -> np.ndarray:
+    """``pairs`` oriented as :meth:`RecordTable.true_pairs` orients them (``i < j``, or A first), not
+    deduplicated; ValueError for a position out of range or a linkage pair within one table."""
     pairs = _as_pairs(pairs, "candidate pairs")
     n = len(table)
     if len(pairs) and pairs.max() >= n:
@@ -493,7 +495,7 @@ def blocking_quality(pairs: np.ndarray, table: RecordTable) -> dict[str, float |
     """
     truth = table.true_pairs()
     n = max(len(table), 1)
-    codes = unique_codes(_encode(_canonical(pairs, table), n))
+    codes = unique_codes(_encode(canonical_pairs(pairs, table), n))
     found = int(isin_sorted(codes, _encode(truth, n)).sum())
     possible = table.possible_pairs()
     return {

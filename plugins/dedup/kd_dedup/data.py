@@ -52,6 +52,7 @@ from kd_dedup.augment import Corruption, corruption_from
 from kd_dedup.blocking import (
     FEBRL_PASSES,
     candidate_pairs,
+    canonical_pairs,
     key_groups,
     knn_pairs,
     pairs_beyond,
@@ -262,12 +263,9 @@ def shared_value_pairs(table: RecordTable, per_record: int, seed: int) -> np.nda
         partner = order[attribute, start[records, attribute] + other]
         drawn.append(np.stack([records, partner], axis=1))
     drawn = np.concatenate(drawn)
-    if table.side is None:
-        drawn = np.sort(drawn, axis=1)
-    else:
+    if table.side is not None:
         drawn = drawn[table.side[drawn[:, 0]] != table.side[drawn[:, 1]]]
-        drawn = np.where(table.side[drawn[:, :1]] == 0, drawn, drawn[:, ::-1])
-    return union_pairs(drawn)
+    return union_pairs(canonical_pairs(drawn, table))
 
 
 def matcher_info(columns: Sequence[str], max_length: int) -> dict[str, Any]:
