@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import collections
+import contextlib
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 import types
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -209,3 +216,73 @@ def load_teacher(task: Any, config: Mapping[str, Any], path: str, device: torch.
     teacher = task.build_model(state["arch"], state["data_info"], config)
     teacher.load_state_dict(state["model"])
     return teacher.to(device).eval()
+
+
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+@contextlib.contextmanager
+def profiled(out_dir: Path, name: str, steps: int) -> Iterator[dict[str, Any]]:
+    """Profile the block with ``torch.profiler`` (CPU, and CUDA where in use) and yield a dict that is
+    filled when it ends: operator calls and CUDA kernel launches per training step (``steps``), self CPU
+    time, and on CUDA every host sync by where the code asked for it (``torch.cuda.set_sync_debug_mode``:
+    a sync stalls the device queue, the cost that a CPU run cannot show). The operator table, sorted by
+    self CPU time, goes to ``out_dir/<name>.txt``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    summary: dict[str, Any] = {}
+    syncs: collections.Counter[str] = collections.Counter()
+    shown = warnings.showwarning
+
+    not_ours = (str(Path(torch.__file__).parent), warnings.__file__, __file__)
+
+    def count_sync(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing CUDA operation" not in str(message):
+            return shown(message, category, filename, lineno, file, line)
+        ours = [f for f in traceback.extract_stack() if not f.filename.startswith(not_ours)]
+        syncs[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(ours[-2:]))] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = count_sync
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with profile(activities=activities) as prof:
+                yield summary
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+    events = prof.key_averages()
+    aten = sum(e.count for e in events if e.key.startswith("aten::"))
+    launches = sum(e.count for e in events if e.key in KERNEL_LAUNCHES)
+    summary.update(
+        steps=steps,
+        aten_calls_per_step=round(aten / steps, 1),
+        kernel_launches_per_step=round(launches / steps, 1) if cuda else None,
+        self_cpu_s=round(sum(e.self_cpu_time_total for e in events) / 1e6, 3),
+        syncs=dict(syncs.most_common()),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = events.table(sort_by="self_cpu_time_total", row_limit=-1, max_name_column_width=60)
+    atomic_write_text(out_dir / f"{name}.txt", table + "\n")
+
+
+@contextlib.contextmanager
+def python_profiled(path: Path, top: int = 60) -> Iterator[None]:
+    """Profile the block's Python calls with ``cProfile`` (wall clock, this thread) and add the ``top``
+    functions by cumulative time to the end of ``path``: where the time goes, waiting included (for a
+    writer thread, for the device at a host sync), which ``torch.profiler``'s operator table does not show."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+    text = io.StringIO()
+    # the report's plots (matplotlib, after the stages) would fill the table
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats("^(?!.*(matplotlib|PIL))", top)
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    atomic_write_text(path, before + "\n" + text.getvalue())

@@ -19,6 +19,7 @@ with the same seed they train the same student.
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 5] [--epochs 10] [--student cnn_small]
         [--teacher cnn_large] [--batch-size 64] [--eval-every 1] [--device auto] [--threads N]
+        [--profile DIR]
 
 Prints a table and writes benchmarks/results/engine_overhead.json.
 """
@@ -42,6 +43,8 @@ from bench_common import (
     environment,
     load_teacher,
     print_speed_ratios,
+    profiled,
+    python_profiled,
     set_threads,
     speed_ratios,
     timing_registry,
@@ -147,6 +150,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", default="benchmarks/results/engine_overhead.json")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="after the timed rounds, one more run of each side under torch.profiler and one under cProfile: "
+        "operator and function tables in DIR, operator calls, kernel launches and host syncs per step in "
+        "the result",
+    )
     add_keep_runs(parser)
     args = parser.parse_args()
     set_threads(args.threads)
@@ -174,18 +184,29 @@ def main() -> None:
     config = resolve(task.defaults, sets=sets, overrides={**common, "teacher": {"checkpoint": teacher_path}})
     steps = args.epochs * math.ceil(len(task.build_data(config).train) / args.batch_size)
     rows: dict[str, list[dict[str, float]]] = {"plain": [], "kd": []}
+
+    def run_side(side: str, name: str) -> dict[str, float]:
+        if side == "kd":
+            return kd_run(registry, config, clock, steps)
+        plain_out = work / f"plain-{name}"
+        plain_out.mkdir()
+        return plain_loop(task, config, teacher_path, plain_out)
+
     for round_ in range(args.rounds + 1):
         order = ("plain", "kd") if round_ % 2 == 0 else ("kd", "plain")
         for side in order:
-            if side == "plain":
-                plain_out = work / f"plain-{round_}"
-                plain_out.mkdir()
-                row = plain_loop(task, config, teacher_path, plain_out)
-            else:
-                row = kd_run(registry, config, clock, steps)
+            row = run_side(side, str(round_))
             if round_ > 0:  # round 0 warms up both sides
                 rows[side].append(row)
     ratios = speed_ratios(rows["kd"], rows["plain"])
+    profiles = {}
+    if args.profile:
+        for side in ("plain", "kd"):
+            table = Path(args.profile) / f"engine_overhead_{side}.txt"
+            with profiled(table.parent, table.stem, steps) as profiles[side]:
+                run_side(side, "profiled")
+            with python_profiled(table):
+                run_side(side, "python-profiled")
     report = {
         "benchmark": "engine_overhead",
         **environment(),
@@ -195,6 +216,7 @@ def main() -> None:
         "plain": rows["plain"],
         "kd": rows["kd"],
         **ratios,
+        **({"profile": profiles} if profiles else {}),
         "seconds": round(time.perf_counter() - started, 1),
     }
     per_epoch = steps // args.epochs
@@ -215,6 +237,8 @@ def main() -> None:
         )
     Console().print(table)
     print_speed_ratios("kd / plain", ratios)
+    for side, profile in profiles.items():
+        print(f"{side} under the profiler: {profile}")
     write_result(args.out, report)
 
 

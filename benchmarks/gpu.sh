@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, each step under its own time limit, in three parts:
 #   engine       engine overhead (kd against a plain loop): the default recipe, validation every 10
-#                epochs, and a ResNet-18 teacher (about 6 min at most)
+#                epochs, a ResNet-18 teacher, and a profile of each side (about 8 min at most)
 #   torchdistill kdcore against torchdistill (2.5 min at most)
 #   liverct      liver CT student against teacher per case at the default volume and at a clinical-size
 #                one, float32 and float16 autocast (8 min at most)
@@ -39,6 +39,9 @@ if wanted engine; then
     step engine_overhead_eval10 100 "${overhead[@]}" --eval-every 10 --out "$out/engine_overhead_eval10.json"
     step engine_overhead_resnet18 120 "${overhead[@]}" --teacher resnet18 --epochs 4 \
         --out "$out/engine_overhead_resnet18.json"
+    # one round of each side under torch.profiler: operator tables, kernel launches and host syncs per step
+    step engine_overhead_profile 100 "${overhead[@]}" --rounds 1 --profile "$out" \
+        --out "$out/engine_overhead_profile.json"
 fi
 if wanted torchdistill; then
     step torchdistill 150 "$py" benchmarks/torchdistill_compare.py --device cuda --out "$out/torchdistill.json"

@@ -67,6 +67,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "amp": True,
         "amp_dtype": "auto",
         "grad_clip": 0.0,
+        "checkpoint_every_s": 10.0,
         "accumulate": 1,
         "teacher_cache": False,
         "compile": False,

@@ -88,21 +88,26 @@ def split_input_target(batch: Any) -> tuple[Any, Any]:
 def evaluate_accuracy(
     model: nn.Module, loader: DataLoader, device: torch.device, config: Mapping[str, Any]
 ) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy of a classifier over ``loader`` (``config`` is not needed)."""
+    """Top-1 accuracy and mean cross-entropy of a classifier over ``loader`` (``config`` is not needed).
+
+    The per-batch sums stay on the device and are read back at the end (not two host syncs a batch)."""
     import torch
 
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
+    losses: list[torch.Tensor] = []  # per batch: the summed cross-entropy
+    hits: list[torch.Tensor] = []  # per batch: the count of correct predictions
+    total = 0
     with torch.no_grad():
         for batch in loader:
             inputs, targets = split_input_target(batch)
             inputs, targets = inputs.to(device), targets.to(device)
             logits = model(inputs)
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == targets).sum())
-            total += int(targets.numel())
+            losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            hits.append((logits.argmax(dim=1) == targets).sum())
+            total += targets.numel()
     if total == 0:
         raise ValueError("the validation set is empty: nothing to evaluate")
+    loss_sum, correct = sum(torch.stack(losses).tolist()), sum(torch.stack(hits).tolist())
     return {"accuracy": correct / total, "loss": loss_sum / total}
 
 

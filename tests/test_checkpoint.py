@@ -15,6 +15,7 @@ from kdcore.checkpoint import (
     WRITER_NICENESS,
     BackgroundWriter,
     CheckpointError,
+    EpochCheckpoints,
     atomic_directory,
     atomic_write,
     atomic_write_text,
@@ -207,3 +208,54 @@ def test_the_background_writer_raises_a_jobs_error_in_the_caller_once(tmp_path):
     writer.submit(fails)
     with pytest.raises(OSError, match="no space left"):
         writer.submit(lambda: None)  # the next submit reports it before starting anything
+
+
+class CountingWriter(BackgroundWriter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs = 0
+
+    def submit(self, job) -> None:
+        self.jobs += 1
+        super().submit(job)
+
+
+def epoch_files(tmp_path, every_s: float) -> tuple[EpochCheckpoints, CountingWriter, list]:
+    writer = CountingWriter()
+    paths = [tmp_path / name for name in ("resume.pt", "last.pt", "best.pt")]
+    return EpochCheckpoints(writer, *paths, every_s=every_s), writer, paths
+
+
+def test_epoch_checkpoints_write_what_waits_at_the_end_each_epoch_once(tmp_path):
+    files, writer, (resume, last, best) = epoch_files(tmp_path, every_s=3600)
+    epochs = [(True, True), (True, True), (True, False), (False, False)]  # (validated, improved)
+    for epoch, (validated, improved) in enumerate(epochs):
+        files.add({"model": {}, "epoch": epoch}, validated, improved, ended=epoch == len(epochs) - 1)
+    writer.wait()
+    assert writer.jobs == 1  # nothing before the end of the stage
+    assert [load_checkpoint(p)["epoch"] for p in (resume, last, best)] == [3, 2, 1]
+    assert not resume.samefile(last) and not last.samefile(best)
+
+    files.add({"model": {}, "epoch": 4}, validated=True, improved=True, ended=False)
+    files.flush()  # what Ctrl-C does
+    files.flush()  # nothing waits any more: no second job
+    writer.wait()
+    assert writer.jobs == 2
+    assert resume.samefile(last) and last.samefile(best)  # one epoch: one file, three names
+    assert load_checkpoint(best)["epoch"] == 4
+
+
+def test_epoch_checkpoints_write_every_epoch_at_an_interval_of_zero_and_without_a_resume_state(tmp_path):
+    files, writer, (resume, last, best) = epoch_files(tmp_path, every_s=0)
+    files.add({"model": {}, "epoch": 0}, validated=True, improved=True, ended=False)
+    files.add({"model": {}, "epoch": 1}, validated=False, improved=False, ended=False)
+    writer.wait()
+    assert writer.jobs == 2
+    assert [load_checkpoint(p)["epoch"] for p in (resume, last, best)] == [1, 0, 0]
+
+    writer = CountingWriter()
+    files = EpochCheckpoints(writer, None, tmp_path / "rank0_last.pt", tmp_path / "rank0_best.pt", every_s=0)
+    files.add({"model": {}, "epoch": 1}, validated=True, improved=False, ended=False)
+    writer.wait()
+    assert writer.jobs == 1 and load_checkpoint(tmp_path / "rank0_last.pt")["epoch"] == 1
+    assert not (tmp_path / "rank0_best.pt").exists()

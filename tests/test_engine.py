@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import torch
 from rich.console import Console
 
 from kdcore.config import resolve
-from kdcore.engine import deterministic_kernels, fit, select_device
+from kdcore.engine import LossWatch, deterministic_kernels, fit, select_device
 from kdcore.plugins import Registry
 from kdcore.report import read_metrics
 from kdcore.strategies import EnsembleTeacher, plan_stages
@@ -397,3 +398,39 @@ def test_a_run_of_the_small_networks_does_not_import_torchvision(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert list((tmp_path / "classify" / "digits").iterdir()), "the run was written"
+
+
+def test_the_loss_watch_names_the_first_non_finite_step_also_after_its_window_filled():
+    watch = LossWatch(torch.device("cpu"), window=3)
+    for step, total in enumerate([1.0, 2.0, float("inf"), 4.0, float("nan"), 6.0, 7.0]):
+        watch.update(torch.tensor(total), step)  # the window of 3 is read twice before any check
+    with pytest.raises(FloatingPointError, match="stage 'student' step 2: the loss is inf"):
+        watch.check("student")
+
+
+def test_the_loss_watch_gives_each_epoch_the_mean_of_its_own_steps():
+    watch = LossWatch(torch.device("cpu"), window=2)
+    for step, total in enumerate([1.0, 2.0, 3.0, 6.0, 1.5]):
+        watch.update(torch.tensor(total, dtype=torch.float16), step)
+        if step == 1:
+            watch.check("student")
+    assert watch.epoch_mean("student") == pytest.approx(13.5 / 5)
+    watch.update(torch.tensor(8.0), 5)
+    assert watch.epoch_mean("student") == 8.0
+    assert watch.epoch_mean("student") == 0.0  # an epoch without steps
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_every_validated_epoch_prints_one_line_in_order_with_or_without_the_bar(tmp_path, bar):
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=bar, width=120)
+    config = tiny_config(
+        tmp_path, f"train.progress={str(bar).lower()}", "student.epochs=3", "teacher.epochs=2"
+    )
+    fit(config, Registry(load_entry_points=False), console=console)
+    printed = re.findall(
+        r"\[(\w+)\] epoch (\d)/(\d)  train loss \d\.\d{4}  val accuracy \d\.\d{4}", out.getvalue()
+    )
+    expected = [("teacher", "1", "2"), ("teacher", "2", "2")]
+    expected += [(stage, str(e), "3") for stage in ("student", "baseline") for e in (1, 2, 3)]
+    assert printed == expected

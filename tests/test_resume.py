@@ -211,6 +211,7 @@ def test_ctrl_c_in_kd_train_exits_130_and_kd_train_resume_finishes_the_run(tmp_p
     out = tmp_path / "runs"
     sets = ["teacher.arch='mlp'", "student.arch='mlp'", "teacher.epochs=1", "student.epochs=400"]
     sets += ["options.train_fraction=0.3", "train.progress=false", "run_name='r'"]
+    sets += ["train.checkpoint_every_s=0"]  # every epoch: the test waits for the student's first
     args = [sys.executable, "-m", "kdcore.cli", "train", "--device", "cpu", "--out", str(out)]
     args += [item for s in sets for item in ("-s", s)]
     process = subprocess.Popen(
