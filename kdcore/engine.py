@@ -824,9 +824,10 @@ def _train_stage(
                     train_loader.sampler.set_epoch(epoch)
                 run.pm.hook.kd_epoch_start(run=run, epoch=epoch)
                 model.train()
+                batches = len(train_loader)
                 for index, batch in enumerate(train_loader):
                     lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
-                    window = _window(index, len(train_loader), cfg["train"]["accumulate"])
+                    window = _window(index, batches, cfg["train"]["accumulate"])
                     cached = None
                     if cache is not None:
                         items, batch = batch
