@@ -52,13 +52,13 @@ from kdcore.hints import HintTerms, parse_hints
 from kdcore.plugins import Registry, get_registry
 from kdcore.report import read_metrics, write_report
 from kdcore.resume import (
-    RESUME_FILE,
     capture_rng,
     check_resumable,
     finished_stages,
     load_resume_state,
     load_stage_weights,
     restore_rng,
+    resume_path,
     save_resume_state,
     truncate_metrics,
 )
@@ -762,7 +762,7 @@ def _train_stage(
     resumable = not run.dist.active  # no resume under torchrun yet: only the checkpoints
     files = EpochCheckpoints(
         writer,
-        run.run_dir / "checkpoints" / RESUME_FILE if resumable else None,
+        resume_path(run.run_dir) if resumable else None,
         last_path,
         best_path,
         cfg["train"]["checkpoint_every_s"],

@@ -75,14 +75,19 @@ def restore_rng(saved: Mapping[str, Any], loader_generator: torch.Generator) -> 
     loader_generator.set_state(saved["loader"].cpu())
 
 
+def resume_path(run_dir: Path) -> Path:
+    """Where a run keeps the state it resumes from: ``checkpoints/resume.pt``."""
+    return run_dir / "checkpoints" / RESUME_FILE
+
+
 def save_resume_state(run_dir: Path, state: Mapping[str, Any]) -> Path:
     """Atomically write ``checkpoints/resume.pt`` (a kdcore checkpoint when ``state`` has a model)."""
-    return save_checkpoint(run_dir / "checkpoints" / RESUME_FILE, state)
+    return save_checkpoint(resume_path(run_dir), state)
 
 
 def load_resume_state(run_dir: Path, device: torch.device) -> dict[str, Any] | None:
     """The saved state of the interrupted stage, or None when no stage had finished an epoch."""
-    path = run_dir / "checkpoints" / RESUME_FILE
+    path = resume_path(run_dir)
     if not path.is_file():
         return None
     try:
