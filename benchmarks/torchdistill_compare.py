@@ -68,7 +68,7 @@ from rich.table import Table
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from kdcore.config import resolve
-from kdcore.engine import fit, select_device
+from kdcore.engine import fit, pin_memory, select_device
 from kdcore.losses import hard_label_ce, soft_target_kl
 from kdcore.tasks import Task
 
@@ -134,7 +134,7 @@ def box_config(config: dict[str, Any], device: torch.device, generator: torch.Ge
     epochs, a frozen teacher and the KD criterion."""
     data, student = config["data"], config["student"]
     adam = {"lr": student["lr"], "weight_decay": student["weight_decay"]}  # kdcore's Adam, as configured
-    loader = {"num_workers": data["num_workers"], "pin_memory": device.type == "cuda"}
+    loader = {"num_workers": data["num_workers"], "pin_memory": pin_memory(device, data["num_workers"])}
     shuffled = {"class_or_func": RandomSampler, "kwargs": {"generator": generator}}
     return {
         "num_epochs": student["epochs"],

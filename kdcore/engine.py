@@ -628,6 +628,15 @@ def _compiled(
     return torch.compile(trained), None if teacher is None else torch.compile(teacher)
 
 
+def pin_memory(device: torch.device, num_workers: int) -> bool:
+    """Whether a stage's loaders pin their batches: on CUDA with worker processes, whose pinning runs on
+    the loader's own thread. Without workers it would run on the training thread, before a copy that
+    pageable memory makes about as fast (PyTorch's guide to ``pin_memory()`` and ``non_blocking``:
+    pinning and then copying can take twice as long as copying); the H200 profile of BENCHMARKS.md
+    (engine overhead, session 18) counted 500 pins on the training thread in a stage of 230 steps."""
+    return device.type == "cuda" and num_workers > 0
+
+
 def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[DataLoader, DataLoader]:
     """The stage's training loader (shuffled by the run seed; ``(indices, batch)`` when ``indexed``) and
     validation loader, over the teacher's own data for a teacher stage that has it."""
@@ -637,7 +646,7 @@ def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[Data
     common = {
         "num_workers": data_cfg["num_workers"],
         "collate_fn": data.collate_fn,
-        "pin_memory": run.device.type == "cuda",
+        "pin_memory": pin_memory(run.device, data_cfg["num_workers"]),
     }
     train_set = IndexedDataset(data.train) if indexed else data.train
     train_common = {**common, "collate_fn": indexed_collate(data.collate_fn)} if indexed else common

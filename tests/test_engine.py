@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 
 from kdcore.config import resolve
-from kdcore.engine import LossWatch, deterministic_kernels, fit, select_device
+from kdcore.engine import LossWatch, deterministic_kernels, fit, pin_memory, select_device
 from kdcore.plugins import Registry
 from kdcore.report import read_metrics
 from kdcore.strategies import EnsembleTeacher, plan_stages
@@ -434,3 +434,11 @@ def test_every_validated_epoch_prints_one_line_in_order_with_or_without_the_bar(
     expected = [("teacher", "1", "2"), ("teacher", "2", "2")]
     expected += [(stage, str(e), "3") for stage in ("student", "baseline") for e in (1, 2, 3)]
     assert printed == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "pinned"),
+    [("cuda", 2, True), ("cuda", 0, False), ("cpu", 2, False), ("cpu", 0, False)],
+)
+def test_batches_are_pinned_only_on_cuda_by_worker_processes(device, workers, pinned):
+    assert pin_memory(torch.device(device), workers) is pinned
