@@ -19,7 +19,7 @@ with the same seed they train the same student.
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 5] [--epochs 10] [--student cnn_small]
         [--teacher cnn_large] [--batch-size 64] [--eval-every 1] [--device auto] [--threads N]
-        [--profile DIR]
+        [--compile] [--profile DIR]
 
 Prints a table and writes benchmarks/results/engine_overhead.json.
 """
@@ -87,12 +87,17 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
 
 
 def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Path) -> dict[str, float]:
-    """Train the KD student with a hand-written loop; return its steps per second and final accuracy."""
+    """Train the KD student with a hand-written loop; return its steps per second and final accuracy.
+    With ``train.compile`` the training forward passes of both models go through ``torch.compile``, as
+    in kd (validation uses the plain student)."""
     device = select_device(config["device"])
     data = task.build_data(config)
     teacher = load_teacher(task, config, teacher_path, device)
     torch.manual_seed(config["seed"])
     student = task.build_model(config["student"]["arch"], data.info, config).to(device)
+    forward = torch.compile(student) if config["train"]["compile"] else student
+    if config["train"]["compile"]:
+        teacher = torch.compile(teacher)
     generator = torch.Generator().manual_seed(config["seed"])
     batch_size = config["data"]["batch_size"]
     train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=generator)
@@ -110,7 +115,7 @@ def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Pa
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 with torch.no_grad():
                     teacher_logits = teacher(inputs)
-                loss = kd_loss(student(inputs), teacher_logits, targets)
+                loss = kd_loss(forward(inputs), teacher_logits, targets)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -149,6 +154,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and the last)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--compile", action="store_true", help="both sides through torch.compile (kd: train.compile = true)"
+    )
     parser.add_argument("--out", default="benchmarks/results/engine_overhead.json")
     parser.add_argument(
         "--profile",
@@ -174,6 +182,7 @@ def main() -> None:
         f"distill.alpha={ALPHA}",
         "distill.baseline=false",
         f"train.eval_every={args.eval_every}",
+        f"train.compile={str(args.compile).lower()}",
     ]
     common = {"plugin": "classify", "task": "digits", "out_dir": str(work), "device": args.device}
     common["with_plugins"] = ["kd_bench_timing"]
@@ -222,7 +231,7 @@ def main() -> None:
     per_epoch = steps // args.epochs
     title = (
         f"KD student stage, {args.student} from {args.teacher}, {args.epochs} epochs of {per_epoch} steps, "
-        f"validation every {args.eval_every} (median)"
+        f"validation every {args.eval_every}{', compiled' if args.compile else ''} (median)"
     )
     table = Table(title=title)
     for column in ("loop", "steps/s", "stage s", "stage CPU s", "final accuracy"):

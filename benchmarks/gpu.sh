@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, each step under its own time limit, in three parts:
 #   engine       engine overhead (kd against a plain loop): the default recipe, validation every 10
-#                epochs, a ResNet-18 teacher, and a profile of each side (about 8 min at most)
+#                epochs, a ResNet-18 teacher, both sides compiled, and a profile of each side (about
+#                4 min; 10.5 at most)
 #   torchdistill kdcore against torchdistill (2.5 min at most)
 #   liverct      liver CT student against teacher per case at the default volume and at a clinical-size
 #                one, float32 and float16 autocast (8 min at most)
@@ -9,7 +10,8 @@
 #   benchmarks/gpu.sh [OUT_DIR [PART...]]   # default benchmarks/results/gpu, every part; PYTHON picks
 #                                           # the interpreter
 #
-# A lent GPU runs one command for at most 10 minutes: give it one or two parts at a time.
+# A lent GPU runs one command for at most 10 minutes and sends back at most 8 files: give it one or two
+# parts at a time, and pack OUT_DIR (tar) when it holds more.
 #
 # Needs CUDA, kdcore, the first-party plugins and the `bench` extra (torchdistill). Writes one JSON per
 # benchmark and gpu.log (everything printed) under OUT_DIR.
@@ -39,6 +41,7 @@ if wanted engine; then
     step engine_overhead_eval10 100 "${overhead[@]}" --eval-every 10 --out "$out/engine_overhead_eval10.json"
     step engine_overhead_resnet18 120 "${overhead[@]}" --teacher resnet18 --epochs 4 \
         --out "$out/engine_overhead_resnet18.json"
+    step engine_overhead_compile 150 "${overhead[@]}" --compile --rounds 3 --out "$out/engine_overhead_compile.json"
     # one round of each side under torch.profiler: operator tables, kernel launches and host syncs per step
     step engine_overhead_profile 100 "${overhead[@]}" --rounds 1 --profile "$out" \
         --out "$out/engine_overhead_profile.json"
