@@ -30,6 +30,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` and :func:`atomic_copy` leave in ``folder``
+    when the process is killed in the middle of a write (``.<name>.<random>.tmp``); return them. Only
+    for a folder that nothing else is writing to, such as a run being resumed."""
+    partial = sorted(Path(folder).glob(".*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file so that readers see the old content or the complete new one, never a torn file.
 
@@ -250,7 +260,8 @@ class EpochCheckpoints:
 
     Each epoch hands its :func:`snapshot` to :meth:`add`; what is not on disk yet waits in memory (at
     most three snapshots, usually one and the same) and :meth:`flush` writes it, each payload serialised
-    once: a file holding the same epoch as one written before it is a hard link of it. Writing every
+    once: a file holding the same epoch as one written before it is a hard link of it. The resume
+    state goes last, after the files it names. Writing every
     epoch costs a host-bound loop (a GPU with small models) about 5 ms of its training thread per
     epoch, because the writer's Python holds the interpreter lock; at most every ``every_s`` it costs
     that once. The end of the stage, a stop and an error or Ctrl-C flush at once, so only a killed
@@ -283,7 +294,9 @@ class EpochCheckpoints:
         """Start writing whatever waits (on the writer's thread; :meth:`BackgroundWriter.wait` for it).
         What waits is forgotten only once its job has started, so a flush that Ctrl-C cut short can be
         repeated."""
-        waiting = zip(self.pending, self.paths, strict=True)
+        # best, last, then the resume state: a process killed during the job leaves the previous state,
+        # never one whose best epoch is not on disk yet
+        waiting = reversed(list(zip(self.pending, self.paths, strict=True)))
         jobs = [(payload, path) for payload, path in waiting if payload is not None]
         if not jobs:
             return

@@ -44,6 +44,7 @@ from kdcore.checkpoint import (
     EpochCheckpoints,
     atomic_write_text,
     load_checkpoint,
+    remove_partial_writes,
     save_checkpoint,
     snapshot,
 )
@@ -569,6 +570,7 @@ def _prepare_resume(run_dir: Path, device: torch.device) -> tuple[dict | None, s
     """Cut the metrics back to the last saved epoch; return the interrupted stage's saved state (None when
     no stage was part-way) and the labels of the finished stages."""
     check_resumable(run_dir, read_metrics(run_dir))
+    remove_partial_writes(run_dir / "checkpoints")  # a killed run's write in flight
     state = load_resume_state(run_dir, device)
     if state is not None:
         truncate_metrics(run_dir / "metrics.jsonl", int(state["metrics_bytes"]))

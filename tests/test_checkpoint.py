@@ -20,6 +20,7 @@ from kdcore.checkpoint import (
     atomic_write,
     atomic_write_text,
     load_checkpoint,
+    remove_partial_writes,
     save_checkpoint,
     snapshot,
     write_once,
@@ -259,3 +260,31 @@ def test_epoch_checkpoints_write_every_epoch_at_an_interval_of_zero_and_without_
     writer.wait()
     assert writer.jobs == 1 and load_checkpoint(tmp_path / "rank0_last.pt")["epoch"] == 1
     assert not (tmp_path / "rank0_best.pt").exists()
+
+
+def test_epoch_checkpoints_write_the_resume_state_after_the_files_it_names(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def dies_at_the_resume_state(source, target):  # the process dies as resume.pt is put in place
+        if os.path.basename(target) == "resume.pt":
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", dies_at_the_resume_state)
+    files, writer, (resume, last, best) = epoch_files(tmp_path, every_s=3600)
+    files.add({"model": {}, "epoch": 0}, validated=True, improved=True, ended=False)
+    files.add({"model": {}, "epoch": 1}, validated=True, improved=False, ended=True)
+    with pytest.raises(KeyboardInterrupt):
+        writer.wait()
+    assert not resume.exists()  # the state that would name best epoch 0 is not there ...
+    assert load_checkpoint(best)["epoch"] == 0  # ... but its best file is
+    assert load_checkpoint(last)["epoch"] == 1
+
+
+def test_partial_writes_of_a_killed_process_are_removed_and_nothing_else(tmp_path):
+    kept = [tmp_path / "resume.pt", tmp_path / "best.pt", tmp_path / "notes.tmp"]
+    partial = [tmp_path / ".resume.pt.k2x9q1ab.tmp", tmp_path / ".best.pt.0a1b2c3d.tmp"]
+    for path in kept + partial:
+        path.write_bytes(b"x")
+    assert remove_partial_writes(tmp_path) == sorted(partial)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)

@@ -206,12 +206,19 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoin
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values())
 
 
-def test_ctrl_c_in_kd_train_exits_130_and_kd_train_resume_finishes_the_run(tmp_path):
+@pytest.mark.parametrize(
+    ("stop", "every_s"),
+    [(signal.SIGINT, 0), (signal.SIGKILL, 0.3)],
+    ids=["ctrl-c-every-epoch", "killed-outright-every-0.3s"],
+)
+def test_kd_train_stopped_by_ctrl_c_or_killed_resumes_and_finishes_the_run(tmp_path, stop, every_s):
+    """Ctrl-C exits 130 after writing the finished epochs; a killed process writes nothing more, and
+    its files, written at most every ``train.checkpoint_every_s``, are whole. Both resume."""
     env = {**os.environ, "KD_LOAD_PLUGINS": ""}
     out = tmp_path / "runs"
     sets = ["teacher.arch='mlp'", "student.arch='mlp'", "teacher.epochs=1", "student.epochs=400"]
     sets += ["options.train_fraction=0.3", "train.progress=false", "run_name='r'"]
-    sets += ["train.checkpoint_every_s=0"]  # every epoch: the test waits for the student's first
+    sets += [f"train.checkpoint_every_s={every_s}"]  # soon: the test waits for the student's first file
     args = [sys.executable, "-m", "kdcore.cli", "train", "--device", "cpu", "--out", str(out)]
     args += [item for s in sets for item in ("-s", s)]
     process = subprocess.Popen(
@@ -228,14 +235,18 @@ def test_ctrl_c_in_kd_train_exits_130_and_kd_train_resume_finishes_the_run(tmp_p
     resume_file = run_dir / "checkpoints" / "resume.pt"
     while not (
         resume_file.is_file() and torch.load(resume_file, weights_only=True)["stage"] == "student"
-    ):  # wait until the student has finished an epoch
+    ):  # wait until the student has written an epoch
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()[0]
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     output, _ = process.communicate(timeout=60)
-    assert process.returncode == 130, output
-    assert "stopped: interrupted in stage 'student'" in output and "Traceback" not in output
-    assert (run_dir / "checkpoints" / "interrupted.pt").is_file()
+    if stop == signal.SIGINT:
+        assert process.returncode == 130, output
+        assert "stopped: interrupted in stage 'student'" in output and "Traceback" not in output
+        assert (run_dir / "checkpoints" / "interrupted.pt").is_file()
+    else:
+        assert process.returncode == -signal.SIGKILL, output
+        assert not (run_dir / "checkpoints" / "interrupted.pt").exists()
     state = torch.load(run_dir / "checkpoints" / "resume.pt", weights_only=True)
     assert state["stage"] == "student" and 0 <= state["epoch"] < 399
 
@@ -251,6 +262,11 @@ def test_ctrl_c_in_kd_train_exits_130_and_kd_train_resume_finishes_the_run(tmp_p
     stages = [r for r in read_metrics(run_dir) if r.get("split") == "stage"]
     assert [s["stage"] for s in stages] == ["teacher", "student", "baseline"]
     assert stages[1]["epochs"] == state["epoch"] + 2
+    student_val = [
+        r["epoch"] for r in read_metrics(run_dir) if r.get("stage") == "student" and r["split"] == "val"
+    ]
+    assert student_val == list(range(state["epoch"] + 2))  # the log was cut back to the state: no repeats
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # a killed write's temporary is removed
 
 
 def test_resume_takes_no_other_option(tmp_path):
