@@ -260,12 +260,13 @@ class EpochCheckpoints:
 
     Each epoch hands its :func:`snapshot` to :meth:`add`; what is not on disk yet waits in memory (at
     most three snapshots, usually one and the same) and :meth:`flush` writes it, each payload serialised
-    once: a file holding the same epoch as one written before it is a hard link of it. The resume
-    state goes last, after the files it names. Writing every
-    epoch costs a host-bound loop (a GPU with small models) about 5 ms of its training thread per
-    epoch, because the writer's Python holds the interpreter lock; at most every ``every_s`` it costs
-    that once. The end of the stage, a stop and an error or Ctrl-C flush at once, so only a killed
-    process loses anything: the epochs of the last ``every_s`` seconds, its files still whole.
+    once: a file holding the same epoch as one written before it is a hard link of it. The resume state
+    goes last, after the files it names.
+
+    Writing every epoch costs a host-bound loop (a GPU with small models) about 5 ms of its training
+    thread per epoch, because the writer's Python holds the interpreter lock; at most every ``every_s``
+    it costs that once. The end of the stage, a stop, an error and Ctrl-C flush at once, so only a
+    killed process loses anything: the epochs of the last ``every_s`` seconds, its files still whole.
     """
 
     def __init__(
