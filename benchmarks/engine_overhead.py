@@ -22,6 +22,11 @@ with the same seed they train the same student.
         [--compile] [--profile DIR]
 
 Prints a table and writes benchmarks/results/engine_overhead.json.
+
+``--threads 1 --teacher mlp --student mlp`` is a CPU stand-in for a GPU loop with small models: its
+steps are about 1 ms of operator dispatch, so host work outside the step (hooks, checkpoint writes,
+printing) shows in the ratio as it does on a GPU, and its rounds agree within a few points (BENCHMARKS.md,
+engine overhead, session 18). ``--profile DIR`` adds operator and function tables of each side.
 """
 
 from __future__ import annotations
