@@ -2,9 +2,10 @@
 
 First a numerical check of the two KD losses: the same random student/teacher logits and labels go through
 torchdistill's criterion (``WeightedSumLoss`` with one ``KDLoss`` term, built by its loss registry) and
-through kdcore's, ``(1 - alpha) hard_label_ce + alpha soft_target_kl`` as ``kdcore.engine`` combines them
-(``soft_target_kl`` includes the T^2). torchdistill's ``KDLoss`` is ``a CE + (1 - a) T^2 KL``: its
-``alpha`` weights the hard term, so kdcore's alpha maps to ``alpha = 1 - alpha`` there. The check covers
+through kdcore's, ``(1 - alpha) CE + alpha soft_target_kl`` as ``kdcore.engine`` combines them with
+classify's supervised loss, PyTorch's ``cross_entropy`` (``soft_target_kl`` includes the T^2).
+torchdistill's ``KDLoss`` is ``a CE + (1 - a) T^2 KL``: its ``alpha`` weights the hard term, so
+kdcore's alpha maps to ``alpha = 1 - alpha`` there. The check covers
 the recipe's T and alpha and two asymmetric settings (which would catch a swapped alpha), losses and
 gradients; a difference above 1e-5 exits with status 1.
 
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from bench_common import (
     StageClock,
     environment,
@@ -69,7 +71,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from kdcore.config import resolve
 from kdcore.engine import fit, pin_memory, select_device
-from kdcore.losses import hard_label_ce, soft_target_kl
+from kdcore.losses import soft_target_kl
 from kdcore.tasks import Task
 
 try:
@@ -88,9 +90,10 @@ SIDES = ("kdcore", "torchdistill")
 
 
 def kdcore_loss(student, teacher, targets, temperature: float, alpha: float) -> torch.Tensor:
-    """The total loss of a distilled step in ``kdcore.engine._train_step`` with the default KD term."""
+    """The total loss of a distilled step in ``kdcore.engine._train_step`` with the default KD term and
+    the default supervised loss (``Task.supervised_loss``, which classify keeps)."""
     soft = soft_target_kl(student, teacher, temperature)  # T^2 included
-    return (1 - alpha) * hard_label_ce(student, targets) + alpha * soft
+    return (1 - alpha) * F.cross_entropy(student, targets) + alpha * soft
 
 
 def torchdistill_criterion(temperature: float, alpha: float) -> dict[str, Any]:

@@ -212,7 +212,8 @@ def mse_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 
 
 def hard_label_ce(logits: Tensor, targets: Tensor, class_dim: int = 1, ignore_index: int = -100) -> Tensor:
-    """Cross-entropy against ground-truth labels (the "hard" part of a KD objective).
+    """Cross-entropy against ground-truth labels (the "hard" part of a KD objective) for batches that may
+    hold only unlabelled items.
 
     ``F.cross_entropy`` with mean reduction over the non-ignored positions, and 0 (not NaN) when a batch
     has no labelled position at all: in semi-supervised distillation a batch may hold only unlabelled
@@ -221,6 +222,10 @@ def hard_label_ce(logits: Tensor, targets: Tensor, class_dim: int = 1, ignore_in
     ``F.cross_entropy`` already expects classes on dim 1 for dense inputs (``(N, C, *spatial)`` with
     ``(N, *spatial)`` targets); for another ``class_dim`` (e.g. -1 for ``(N, L, C)``) the class dim is moved
     to position 1 first.
+
+    A task whose batches always hold labels keeps the default ``Task.supervised_loss``, PyTorch's
+    ``cross_entropy``: the count and the division here are four more operations a step, 3 % of a small
+    model's step (BENCHMARKS.md, engine overhead).
 
     Args:
         logits: ``(N, C)`` or ``(N, C, *spatial)`` unnormalised scores (classes on ``class_dim``).

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from typing import NamedTuple
 
 import pytest
 import torch
 from rich.console import Console
 
 from kdcore.config import resolve
-from kdcore.engine import LossWatch, deterministic_kernels, fit, pin_memory, select_device
+from kdcore.engine import LossWatch, deterministic_kernels, fit, pin_memory, select_device, to_device
 from kdcore.plugins import Registry
 from kdcore.report import read_metrics
 from kdcore.strategies import EnsembleTeacher, plan_stages
@@ -400,8 +401,23 @@ def test_a_run_of_the_small_networks_does_not_import_torchvision(tmp_path):
     assert list((tmp_path / "classify" / "digits").iterdir()), "the run was written"
 
 
+class Pair(NamedTuple):
+    image: torch.Tensor
+    label: torch.Tensor
+
+
+def test_to_device_keeps_the_batch_structure_named_tuples_included():
+    batch = {"pair": Pair(torch.ones(2), torch.zeros(2)), "ids": [torch.arange(2), "a"], "n": 3}
+    moved = to_device(batch, torch.device("meta"))
+    assert isinstance(moved["pair"], Pair) and moved["pair"].image.device.type == "meta"
+    assert moved["pair"].label.shape == (2,)
+    assert isinstance(moved["ids"], list) and moved["ids"][0].device.type == "meta"
+    assert moved["ids"][1] == "a" and moved["n"] == 3
+    assert batch["pair"].image.device.type == "cpu"  # the input is not changed
+
+
 def test_the_loss_watch_names_the_first_non_finite_step_also_after_its_window_filled():
-    watch = LossWatch(torch.device("cpu"), window=3)
+    watch = LossWatch(window=3)
     for step, total in enumerate([1.0, 2.0, float("inf"), 4.0, float("nan"), 6.0, 7.0]):
         watch.update(torch.tensor(total), step)  # the window of 3 is read twice before any check
     with pytest.raises(FloatingPointError, match="stage 'student' step 2: the loss is inf"):
@@ -409,7 +425,7 @@ def test_the_loss_watch_names_the_first_non_finite_step_also_after_its_window_fi
 
 
 def test_the_loss_watch_gives_each_epoch_the_mean_of_its_own_steps():
-    watch = LossWatch(torch.device("cpu"), window=2)
+    watch = LossWatch(window=2)
     for step, total in enumerate([1.0, 2.0, 3.0, 6.0, 1.5]):
         watch.update(torch.tensor(total, dtype=torch.float16), step)
         if step == 1:
