@@ -808,27 +808,37 @@ def _train_stage(
         transient=True,
         auto_refresh=False,  # drawn from the loop at most every BAR_REDRAW_S: no drawing thread
     )
-    next_draw = 0.0
-    # Epoch lines wait for the next draw: printing above a live bar redraws the bar (about 2 ms with rich,
-    # 2 % of a 0.1 s GPU epoch), so the lines of short epochs are printed together, in order.
+    # The bar is first drawn after BAR_REDRAW_S (a shorter stage draws none), then at most that often,
+    # with the step count and the last logged loss. Epoch lines wait for the next draw: printing above a
+    # live bar redraws the bar (about 1 ms with rich, 1 % of a 0.1 s GPU epoch), so the lines of short
+    # epochs are printed together, in order; the last ones after the bar is gone, which costs less.
+    next_draw = time.perf_counter() + BAR_REDRAW_S
     lines: list[str] = []
+    status = ""
 
-    def draw(now: bool = False) -> None:
-        nonlocal next_draw
-        if not now and time.perf_counter() < next_draw:
-            return
+    def print_lines() -> None:
         if lines:
-            console.print("\n".join(lines), markup=False, highlight=False)  # redraws the bar too
+            console.print("\n".join(lines), markup=False, highlight=False)
             lines.clear()
+
+    def draw() -> None:
+        nonlocal next_draw
+        if time.perf_counter() < next_draw:
+            return
+        progress.update(bar, completed=run.step, status=status)
+        if lines:
+            print_lines()  # redraws the bar too
         else:
             progress.refresh()
         next_draw = time.perf_counter() + BAR_REDRAW_S
 
     try:
-        with progress, contextlib.ExitStack() as drawn:
-            drawn.callback(draw, now=True)  # the last lines, also after an error or Ctrl-C
+        with contextlib.ExitStack() as drawn:
+            drawn.callback(print_lines)  # after the bar is gone; also after an error or Ctrl-C
+            drawn.enter_context(progress)
             bar = progress.add_task(stage.label, total=run.total_steps, completed=run.step, status="")
-            watch = LossWatch(cfg["train"]["log_every"])
+            log_every, accumulate = cfg["train"]["log_every"], cfg["train"]["accumulate"]
+            watch = LossWatch(log_every)
             # agreement and loss_ratio: every step for a schedule that reads signals, else at log points
             signals_every_step = any(getattr(s, "reads_signals", True) for s in schedules.values())
             for epoch in range(first_epoch, epochs):
@@ -840,13 +850,13 @@ def _train_stage(
                 batches = len(train_loader)
                 for index, batch in enumerate(train_loader):
                     lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
-                    window = _window(index, batches, cfg["train"]["accumulate"])
+                    window = _window(index, batches, accumulate)
                     cached = None
                     if cache is not None:
                         items, batch = batch
                         cached = (cache, items)
                     batch = to_device(batch, device)
-                    logs = run.step % cfg["train"]["log_every"] == 0
+                    logs = run.step % log_every == 0
                     signals = signals_every_step or logs
                     losses = _train_step(
                         run, hooks, trained, optimizer, scaler, schedules, batch, *window, cached, signals
@@ -859,9 +869,8 @@ def _train_stage(
                         if run.distilling:
                             record["signals"] = _floats(run.signals)
                         run.log.write(record)
-                        progress.update(bar, status=f"loss {record['total']:.4f}")
+                        status = f"loss {record['total']:.4f}"
                     run.step += 1
-                    progress.update(bar, advance=1)
                     draw()
                 train_loss = watch.epoch_mean(run.stage)
                 if not _validates(epoch, epochs, cfg["train"]["eval_every"], run.stop_requested):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from kdcore import engine
 from kdcore.config import resolve
 from kdcore.engine import LossWatch, deterministic_kernels, fit, pin_memory, select_device, to_device
 from kdcore.plugins import Registry
@@ -450,6 +451,25 @@ def test_every_validated_epoch_prints_one_line_in_order_with_or_without_the_bar(
     expected = [("teacher", "1", "2"), ("teacher", "2", "2")]
     expected += [(stage, str(e), "3") for stage in ("student", "baseline") for e in (1, 2, 3)]
     assert printed == expected
+
+
+@pytest.mark.parametrize("redraw_s", [0.0, 1e9])
+def test_the_bar_is_redrawn_with_the_step_count_and_last_logged_loss_when_a_redraw_is_due(
+    tmp_path, monkeypatch, redraw_s
+):
+    monkeypatch.setattr(engine, "BAR_REDRAW_S", redraw_s)
+    out = io.StringIO()
+    config = tiny_config(tmp_path, "train.progress=true", "teacher.epochs=2")
+    fit(config, Registry(load_entry_points=False), console=Console(file=out, force_terminal=True, width=120))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    drawn = [
+        (int(n), int(total)) for n, total in re.findall(r"teacher \S+\s+(\d+)/(\d+) loss \d\.\d{4}", text)
+    ]
+    if redraw_s:  # only the empty bar of the start: no redraw came due
+        assert drawn == [] and re.search(r"teacher \S+\s+0/24 ", text)
+    else:  # a redraw after every step, the last at the end of the stage
+        assert [n for n, _ in drawn] == sorted(n for n, _ in drawn) and drawn[-1] == (24, 24)
+    assert len(re.findall(r"\[teacher\] epoch \d/2", text)) == 2
 
 
 @pytest.mark.parametrize(
