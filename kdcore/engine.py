@@ -1114,17 +1114,25 @@ def _window(index: int, batches: int, accumulate: int) -> tuple[int, bool]:
     return size, index == start + size - 1
 
 
-def _scalar(value: float | torch.Tensor) -> float:
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-
-
 def _detached(value: float | torch.Tensor) -> float | torch.Tensor:
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 def _floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
-    """``values`` as plain floats (a host sync per tensor: for log points and checkpoints only)."""
-    return {name: _scalar(value) for name, value in values.items()}
+    """``values`` as plain floats, in their order: for log points and checkpoints only. The one-element
+    tensors of each device are read back together: one host sync on a GPU, not one sync each."""
+    floats: dict[str, float] = {}
+    by_device: dict[torch.device, list[str]] = {}
+    for name, value in values.items():
+        floats[name] = math.nan  # keeps the order
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(name)
+        else:
+            floats[name] = float(value)
+    for names in by_device.values():
+        read = torch.stack([values[name].detach().reshape(()) for name in names]).tolist()
+        floats.update(zip(names, map(float, read), strict=True))
+    return floats
 
 
 class LossWatch:

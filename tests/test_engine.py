@@ -402,6 +402,27 @@ def test_a_run_of_the_small_networks_does_not_import_torchvision(tmp_path):
     assert list((tmp_path / "classify" / "digits").iterdir()), "the run was written"
 
 
+def test_log_values_are_read_back_as_floats_in_their_order():
+    values = {
+        "total": torch.tensor(1.5),
+        "alpha": 0.5,
+        "agreement": torch.tensor([0.25]),
+        "count": torch.tensor(3),
+        "half": torch.tensor(0.75, dtype=torch.bfloat16),
+    }
+    read = engine._floats(values)
+    assert list(read.items()) == [
+        ("total", 1.5),
+        ("alpha", 0.5),
+        ("agreement", 0.25),
+        ("count", 3.0),
+        ("half", 0.75),
+    ]
+    assert all(type(value) is float for value in read.values())
+    with pytest.raises(RuntimeError):
+        engine._floats({"vector": torch.ones(2)})
+
+
 class Pair(NamedTuple):
     image: torch.Tensor
     label: torch.Tensor
