@@ -1120,15 +1120,16 @@ def _detached(value: float | torch.Tensor) -> float | torch.Tensor:
 
 def _floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
     """``values`` as plain floats, in their order: for log points and checkpoints only. The one-element
-    tensors of each device are read back together: one host sync on a GPU, not one sync each."""
+    tensors of each accelerator are read back together: one host sync, not one sync each (on the CPU,
+    where there is nothing to wait for, one by one, which costs less)."""
     floats: dict[str, float] = {}
     by_device: dict[torch.device, list[str]] = {}
     for name, value in values.items():
         floats[name] = math.nan  # keeps the order
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and value.device.type != "cpu":
             by_device.setdefault(value.device, []).append(name)
         else:
-            floats[name] = float(value)
+            floats[name] = float(value.detach() if isinstance(value, torch.Tensor) else value)
     for names in by_device.values():
         read = torch.stack([values[name].detach().reshape(()) for name in names]).tolist()
         floats.update(zip(names, map(float, read), strict=True))

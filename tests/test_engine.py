@@ -419,8 +419,24 @@ def test_log_values_are_read_back_as_floats_in_their_order():
         ("half", 0.75),
     ]
     assert all(type(value) is float for value in read.values())
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="one element"):
         engine._floats({"vector": torch.ones(2)})
+
+
+def test_the_log_values_of_an_accelerator_are_read_back_in_one_go(monkeypatch):
+    reads = []
+
+    def tolist(tensor):  # a meta tensor has no values: stand in for the device's read-back
+        reads.append(tuple(tensor.shape))
+        return [float(n) for n in range(tensor.numel())]
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    meta = {name: torch.empty((), device="meta") for name in ("total", "supervised", "kd")}
+    read = engine._floats(
+        {"total": meta["total"], "alpha": 0.5, "supervised": meta["supervised"], "kd": meta["kd"]}
+    )
+    assert reads == [(3,)]  # one read for the three device values
+    assert list(read.items()) == [("total", 0.0), ("alpha", 0.5), ("supervised", 1.0), ("kd", 2.0)]
 
 
 class Pair(NamedTuple):
