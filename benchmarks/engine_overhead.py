@@ -6,8 +6,9 @@ initial weights, with the same optimiser (Adam, the task's learning rate) and th
 ``(1 - alpha) CE + alpha KL(softmax(t/T) || softmax(s/T)) T^2`` with T = 4 and alpha = 0.5. Both
 validate on the held-out digits every ``--eval-every`` epochs (default 1) and after the last, and the
 plain loop keeps the best weights in a checkpoint as a user's would. ``kd`` runs with its defaults: a
-metrics line every 10 steps, the rich progress bar (drawn into a buffer), last/best checkpoints at each
-validation and the resume state after every epoch.
+metrics line every 10 steps, the rich progress bar (drawn into a buffer), each epoch's resume state and
+last/best checkpoints copied at the epoch's end and written at most every 10 s and at the end of the stage
+(``train.checkpoint_every_s``).
 
 Rounds alternate the order (plain then kd, kd then plain, ...) after one warm-up round of each that is not
 counted. The figure is steps per second over the whole student stage (training and validation), the

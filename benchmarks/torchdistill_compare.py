@@ -10,13 +10,14 @@ the recipe's T and alpha and two asymmetric settings (which would catch a swappe
 gradients; a difference above 1e-5 exits with status 1.
 
 Then the recipe, in both frameworks: classify's digits (kdcore's ``task.build_data``), a ``cnn_large``
-teacher trained once by ``kd`` and loaded into both, a ``cnn_small`` student built by ``task.build_model``
-from the same seed (equal initial weights), Adam at the task's learning rate, batches of 64 drawn in the
-same order (the same seeded generator for the sampler and the loader), T = 4, alpha = 0.5, full precision
-on both (``train.amp = false``: torchdistill's box has no autocast of its own), and after every epoch the
-same validation (classify's ``evaluate`` on the held-out digits). kdcore runs ``fit`` with its defaults
-otherwise (a metrics line every 10 steps, the progress bar drawn into a buffer, last/best checkpoints and
-the resume state every epoch), timed from ``kd_fit_start`` to ``kd_fit_end`` of the student stage.
+teacher (``--teacher``) trained once by ``kd`` and loaded into both, a ``cnn_small`` student
+(``--student``) built by ``task.build_model`` from the same seed (equal initial weights), Adam at the
+task's learning rate, batches of 64 drawn in the same order (the same seeded generator for the sampler
+and the loader), T = 4, alpha = 0.5, full precision on both (``train.amp = false``: torchdistill's box
+has no autocast of its own), and after every epoch the same validation (classify's ``evaluate`` on the
+held-out digits). kdcore runs ``fit`` with its defaults otherwise (a metrics line every 10 steps, the
+progress bar drawn into a buffer, last/best checkpoints and the resume state at most every 10 s and at
+the end of the stage), timed from ``kd_fit_start`` to ``kd_fit_end`` of the student stage.
 torchdistill runs its ``DistillationBox`` (``get_distillation_box`` with a config dict) in the loop of
 its ``examples/torchvision/image_classification.py``: ``pre_epoch_process``, then per batch
 ``forward_process`` and ``post_forward_process`` under its ``MetricLogger`` (loss and lr every step, a
@@ -33,7 +34,11 @@ ratio is also given per CPU second of the process (``time.process_time``), which
 shared machine do not lengthen; ``--threads 1`` makes it the steadiest figure.
 
     .venv/bin/python benchmarks/torchdistill_compare.py [--seeds 3] [--epochs 10] [--rounds 2] [--threads N]
-        [--teacher-epochs 12] [--device auto|cpu|cuda]
+        [--teacher-epochs 12] [--teacher cnn_large] [--student cnn_small] [--device auto|cpu|cuda]
+
+``--teacher mlp --student mlp --threads 1`` is the CPU stand-in for a GPU loop with small models (as in
+``engine_overhead.py``): its steps are about 1 ms of operator dispatch, so each framework's host work
+outside the model shows in the ratio as it does on a GPU.
 
 Needs torchdistill (``pip install -e '.[bench]'``). Prints a table and writes
 benchmarks/results/torchdistill_compare.json.
@@ -255,6 +260,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="counted runs of each side per seed")
     parser.add_argument("--epochs", type=int, default=10, help="student epochs per run")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="default: the task's")
+    parser.add_argument("--teacher", default="cnn_large", help="classify architecture of the teacher")
+    parser.add_argument("--student", default="cnn_small", help="classify architecture of the student")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", default="benchmarks/results/torchdistill_compare.json")
@@ -272,8 +279,8 @@ def main() -> None:
     registry = timing_registry(clock)
     task = registry.get_task("classify", "digits")
     sets = [
-        "student.arch='cnn_small'",
-        "teacher.arch='cnn_large'",
+        f"student.arch='{args.student}'",
+        f"teacher.arch='{args.teacher}'",
         f"student.epochs={args.epochs}",
         f"data.batch_size={BATCH_SIZE}",
         f"distill.temperature={TEMPERATURE}",
@@ -314,7 +321,8 @@ def main() -> None:
 
     summary = summarise(rows, args.seeds)
     device = str(select_device(args.device))
-    print_summary(summary, f"Vanilla KD, cnn_small from cnn_large, {args.epochs} epochs, on {device}")
+    title = f"Vanilla KD, {args.student} from {args.teacher}, {args.epochs} epochs, on {device}"
+    print_summary(summary, title)
     report = {
         "benchmark": "torchdistill_compare",
         **environment(),
