@@ -5,9 +5,9 @@ torchdistill's criterion (``WeightedSumLoss`` with one ``KDLoss`` term, built by
 through kdcore's, ``(1 - alpha) CE + alpha soft_target_kl`` as ``kdcore.engine`` combines them with
 classify's supervised loss, PyTorch's ``cross_entropy`` (``soft_target_kl`` includes the T^2).
 torchdistill's ``KDLoss`` is ``a CE + (1 - a) T^2 KL``: its ``alpha`` weights the hard term, so
-kdcore's alpha maps to ``alpha = 1 - alpha`` there. The check covers
-the recipe's T and alpha and two asymmetric settings (which would catch a swapped alpha), losses and
-gradients; a difference above 1e-5 exits with status 1.
+kdcore's alpha maps to ``alpha = 1 - alpha`` there. The check covers the recipe's T and alpha and two
+asymmetric settings (which would catch a swapped alpha), losses and gradients; a difference above 1e-5
+exits with status 1.
 
 Then the recipe, in both frameworks: classify's digits (kdcore's ``task.build_data``), a ``cnn_large``
 teacher (``--teacher``) trained once by ``kd`` and loaded into both, a ``cnn_small`` student

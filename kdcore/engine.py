@@ -808,10 +808,11 @@ def _train_stage(
         transient=True,
         auto_refresh=False,  # drawn from the loop at most every BAR_REDRAW_S: no drawing thread
     )
-    # The bar is first drawn after BAR_REDRAW_S (a shorter stage draws none), then at most that often,
-    # with the step count and the last logged loss. Epoch lines wait for the next draw: printing above a
-    # live bar redraws the bar (about 1 ms with rich, 1 % of a 0.1 s GPU epoch), so the lines of short
-    # epochs are printed together, in order; the last ones after the bar is gone, which costs less.
+    # The bar is drawn empty when it starts, then redrawn from BAR_REDRAW_S on (a shorter stage is not),
+    # at most that often, with the step count and the last logged loss. Epoch lines wait for the next
+    # draw: printing above a live bar redraws the bar (about 1 ms with rich, 1 % of a 0.1 s GPU epoch),
+    # so the lines of short epochs are printed together, in order; the last ones after the bar is gone,
+    # which costs less.
     next_draw = time.perf_counter() + BAR_REDRAW_S
     lines: list[str] = []
     status = ""
