@@ -254,8 +254,9 @@ def direct_caller(caller: pluggy.HookCaller) -> Callable[..., Any]:
     keyword-only argument), the returned function calls it directly and returns what pluggy would: the
     value for a ``firstresult`` hook, else the list of the values that are not None. On each call it
     checks that the implementations are still the ones it was built for, and calls through pluggy when
-    they are not, and always while ``KD_TRACE_PLUGINS`` traces hook calls. Keyword arguments only, all
-    of the hookspec's, as with pluggy.
+    they are not, and always while ``KD_TRACE_PLUGINS`` traces hook calls (monitoring added to the
+    plugin manager otherwise, with ``add_hookcall_monitoring``, does not see the direct calls). Keyword
+    arguments only, all of the hookspec's, as with pluggy.
     """
     spec = caller.spec
     impls = caller.get_hookimpls()
