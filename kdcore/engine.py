@@ -1130,7 +1130,7 @@ def _floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
         if isinstance(value, torch.Tensor) and value.device.type != "cpu":
             by_device.setdefault(value.device, []).append(name)
         else:
-            floats[name] = float(value.detach() if isinstance(value, torch.Tensor) else value)
+            floats[name] = float(_detached(value))
     for names in by_device.values():
         read = torch.stack([values[name].detach().reshape(()) for name in names]).tolist()
         floats.update(zip(names, map(float, read), strict=True))
