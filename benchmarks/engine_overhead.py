@@ -20,9 +20,14 @@ with the same seed they train the same student.
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 5] [--epochs 10] [--student cnn_small]
         [--teacher cnn_large] [--batch-size 64] [--eval-every 1] [--device auto] [--threads N]
-        [--compile] [--profile DIR]
+        [--compile] [--plain-batches items|gathered] [--profile DIR]
 
 Prints a table and writes benchmarks/results/engine_overhead.json.
+
+kd fetches the digits a whole batch at a time (one indexing per tensor: :mod:`kdcore.tensor_batches`); the
+plain loop, as a user writes it, lets the DataLoader fetch them item by item and stack them.
+``--plain-batches gathered`` gives the plain loop kd's batches, so that the ratio is the engine's own
+overhead alone.
 
 ``--threads 1 --teacher mlp --student mlp`` is a CPU stand-in for a GPU loop with small models: its
 steps are about 1 ms of operator dispatch, so host work outside the step (hooks, checkpoint writes,
@@ -66,6 +71,7 @@ from torch.utils.data import DataLoader
 from kdcore.config import resolve
 from kdcore.engine import fit, select_device
 from kdcore.tasks import Task
+from kdcore.tensor_batches import TensorBatches, collate
 
 TEMPERATURE, ALPHA = 4.0, 0.5
 
@@ -92,12 +98,18 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     return correct / total
 
 
-def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Path) -> dict[str, float]:
+def plain_loop(
+    task: Task, config: Mapping[str, Any], teacher_path: str, out: Path, gathered: bool = False
+) -> dict[str, float]:
     """Train the KD student with a hand-written loop; return its steps per second and final accuracy.
     With ``train.compile`` the training forward passes of both models go through ``torch.compile``, as
-    in kd (validation uses the plain student)."""
+    in kd (validation uses the plain student). ``gathered``: its loaders fetch each batch in one indexing
+    per tensor, as kd's do (:mod:`kdcore.tensor_batches`), instead of the DataLoader's item by item."""
     device = select_device(config["device"])
     data = task.build_data(config)
+    train_set, val_set, collate_fn = data.train, data.val, None
+    if gathered:
+        train_set, val_set, collate_fn = TensorBatches.of(data.train), TensorBatches.of(data.val), collate
     teacher = load_teacher(task, config, teacher_path, device)
     torch.manual_seed(config["seed"])
     student = task.build_model(config["student"]["arch"], data.info, config).to(device)
@@ -106,8 +118,10 @@ def plain_loop(task: Task, config: Mapping[str, Any], teacher_path: str, out: Pa
         teacher = torch.compile(teacher)
     generator = torch.Generator().manual_seed(config["seed"])
     batch_size = config["data"]["batch_size"]
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=generator)
-    val = DataLoader(data.val, batch_size=config["data"]["eval_batch_size"])
+    train = DataLoader(
+        train_set, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate_fn
+    )
+    val = DataLoader(val_set, batch_size=config["data"]["eval_batch_size"], collate_fn=collate_fn)
     optimizer = torch.optim.Adam(student.parameters(), lr=config["student"]["lr"])
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -163,6 +177,13 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="both sides through torch.compile (kd: train.compile = true)"
     )
+    parser.add_argument(
+        "--plain-batches",
+        choices=("items", "gathered"),
+        default="items",
+        help="the plain loop's loaders: the DataLoader's own item-by-item fetch and stack (default, as a "
+        "user writes it) or whole batches gathered as kd gathers them (the engine's overhead alone)",
+    )
     parser.add_argument("--out", default="benchmarks/results/engine_overhead.json")
     parser.add_argument(
         "--profile",
@@ -205,7 +226,7 @@ def main() -> None:
             return kd_run(registry, config, clock, steps)
         plain_out = work / f"plain-{name}"
         plain_out.mkdir()
-        return plain_loop(task, config, teacher_path, plain_out)
+        return plain_loop(task, config, teacher_path, plain_out, args.plain_batches == "gathered")
 
     for round_ in range(args.rounds + 1):
         order = ("plain", "kd") if round_ % 2 == 0 else ("kd", "plain")
@@ -227,6 +248,7 @@ def main() -> None:
         **environment(),
         "device": str(select_device(args.device)),
         "sets": sets,
+        "plain_batches": args.plain_batches,
         "rounds": args.rounds,
         "plain": rows["plain"],
         "kd": rows["kd"],

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, each step under its own time limit, in three parts:
-#   engine       engine overhead (kd against a plain loop): the default recipe, validation every 10
-#                epochs, a ResNet-18 teacher, both sides compiled, and a profile of each side (about
-#                4 min; 10.5 at most)
+#   engine       engine overhead (kd against a plain loop): the default recipe, the same with the plain
+#                loop's batches gathered as kd's, validation every 10 epochs, a ResNet-18 teacher, both
+#                sides compiled, and a profile of each side (about 5 min; 12 at most)
 #   torchdistill kdcore against torchdistill (2.5 min at most)
 #   liverct      liver CT student against teacher per case at the default volume and at a clinical-size
 #                one, float32 and float16 autocast (8 min at most)
@@ -38,6 +38,8 @@ wanted() { [[ " $parts " == *" $1 "* ]]; }
 if wanted engine; then
     overhead=("$py" benchmarks/engine_overhead.py --device cuda)
     step engine_overhead 150 "${overhead[@]}" --out "$out/engine_overhead.json"
+    step engine_overhead_gathered 100 "${overhead[@]}" --plain-batches gathered \
+        --out "$out/engine_overhead_gathered.json"
     step engine_overhead_eval10 100 "${overhead[@]}" --eval-every 10 --out "$out/engine_overhead_eval10.json"
     step engine_overhead_resnet18 120 "${overhead[@]}" --teacher resnet18 --epochs 4 \
         --out "$out/engine_overhead_resnet18.json"

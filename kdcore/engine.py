@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from kdcore import distributed
 from kdcore.checkpoint import (
@@ -67,6 +67,8 @@ from kdcore.schedules import Schedule, build_schedule
 from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
 from kdcore.teacher_cache import IndexedDataset, TeacherCache, indexed_collate, refusal
+from kdcore.tensor_batches import TensorBatches
+from kdcore.tensor_batches import collate as collate_batch
 
 #: Seconds between two redraws of the progress bar. rich's own refresh thread (10 a second) competes
 #: with the training loop for the CPU and the GIL; the loop redraws it itself, at most this often.
@@ -648,11 +650,11 @@ def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[Data
     generator = torch.Generator().manual_seed(run.config["seed"])
     common = {
         "num_workers": data_cfg["num_workers"],
-        "collate_fn": data.collate_fn,
         "pin_memory": pin_memory(run.device, data_cfg["num_workers"]),
     }
-    train_set = IndexedDataset(data.train) if indexed else data.train
-    train_common = {**common, "collate_fn": indexed_collate(data.collate_fn)} if indexed else common
+    train_set, train_collate = _batched(data.train, data.collate_fn, indexed)
+    val_set, val_collate = _batched(data.val, data.collate_fn)
+    train_common = {**common, "collate_fn": train_collate}
     # Under torchrun each process takes its shard of the epoch, reshuffled by the loop's set_epoch.
     batch_sampler = data.train_batch_sampler
     if run.dist.active:
@@ -664,10 +666,26 @@ def _loaders(run: DistillRun, stage: Stage, indexed: bool = False) -> tuple[Data
     else:
         order = {"shuffle": True, "generator": generator, "batch_size": data_cfg["batch_size"]}
     train = DataLoader(train_set, **order, **train_common)
-    val = DataLoader(data.val, batch_size=data_cfg["eval_batch_size"], shuffle=False, **common)
+    val = DataLoader(
+        val_set, batch_size=data_cfg["eval_batch_size"], shuffle=False, collate_fn=val_collate, **common
+    )
     if len(train) == 0:
         raise ValueError("the training set is empty: check data.path")
     return train, val
+
+
+def _batched(
+    dataset: Dataset, collate_fn: Callable | None, indexed: bool = False
+) -> tuple[Dataset, Callable | None]:
+    """A loader's data set and collate function: a tensor data set gathered a batch at a time
+    (:mod:`kdcore.tensor_batches`) unless the task collates itself; ``indexed`` items come with their
+    index, for the teacher-output cache."""
+    gathered = TensorBatches.of(dataset, indexed) if collate_fn is None else None
+    if gathered is not None:
+        return gathered, collate_batch
+    if indexed:
+        return IndexedDataset(dataset), indexed_collate(collate_fn)
+    return dataset, collate_fn
 
 
 def _optimizer(
