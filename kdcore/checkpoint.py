@@ -186,7 +186,7 @@ def _snapshot(payload: Any, streams: set) -> Any:
     if isinstance(payload, Mapping):
         return {key: _snapshot(value, streams) for key, value in payload.items()}
     if isinstance(payload, list | tuple):
-        if all(type(value) in _IMMUTABLE for value in payload):  # a random generator's 625 ints, say
+        if _IMMUTABLE.issuperset(map(type, payload)):  # a random generator's 625 ints, say
             return type(payload)(payload)
         return type(payload)(_snapshot(value, streams) for value in payload)
     if payload is None or isinstance(payload, bool | int | float | str | bytes):

@@ -266,11 +266,18 @@ def direct_caller(caller: pluggy.HookCaller) -> Callable[..., Any]:
     if len(impls) > 1 or not plain or defaults or caller.is_historic() or os.environ.get("KD_TRACE_PLUGINS"):
         return caller
     function, argnames = (impls[0].function, impls[0].argnames) if impls else (None, ())
+    # an implementation that takes every argument of the hookspec gets the caller's keywords as they are
+    takes_all = spec is not None and set(argnames) == set(spec.argnames)
 
     def call(**kwargs: Any) -> Any:
         if caller.get_hookimpls() != impls:  # a plugin was registered or unregistered since
             return caller(**kwargs)
-        result = None if function is None else function(*[kwargs[name] for name in argnames])
+        if function is None:
+            result = None
+        elif takes_all:
+            result = function(**kwargs)
+        else:
+            result = function(*[kwargs[name] for name in argnames])
         if first_result:
             return result
         return [] if result is None else [result]

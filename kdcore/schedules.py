@@ -57,6 +57,8 @@ class ScheduleError(ValueError):
 def _clamp_progress(progress: float) -> float:
     """Convert ``progress`` to a float clamped to ``[0, 1]``; NaN is rejected."""
     value = float(progress)
+    if 0.0 <= value <= 1.0:  # the usual case, in one comparison: called on every step
+        return value
     if math.isnan(value):
         raise ValueError("progress must be a number in [0, 1], got NaN")
     return min(max(value, 0.0), 1.0)

@@ -345,3 +345,8 @@ def test_amp_off_or_auto_on_a_cpu_trains_in_full_precision(tmp_path, monkeypatch
     off = ["train.amp=false", "train.amp_dtype='bfloat16'"]
     run_tiny(tmp_path / "off", monkeypatch, kd_distill_loss, sets=off)
     assert dtypes == {(torch.float32, False)}
+    # full precision also inside an autocast region opened around fit (a notebook's, say)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run_tiny(tmp_path / "inside", monkeypatch, kd_distill_loss, sets=off)
+        assert torch.is_autocast_enabled("cpu")  # and the region is still on after it
+    assert dtypes == {(torch.float32, False)}
