@@ -42,7 +42,7 @@ import io
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,37 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     return correct / total
 
 
+def recipe_sets(
+    teacher: str, student: str, epochs: int, batch_size: int, eval_every: int = 1, compile: bool = False
+) -> list[str]:
+    """The ``--set`` values of the recipe both sides train: the models, epochs, batches, validation, and
+    Hinton's loss at T = 4 and alpha 0.5, without the no-KD baseline stage."""
+    return [
+        f"teacher.arch='{teacher}'",
+        f"student.arch='{student}'",
+        f"student.epochs={epochs}",
+        f"data.batch_size={batch_size}",
+        f"distill.temperature={TEMPERATURE}",
+        f"distill.alpha={ALPHA}",
+        "distill.baseline=false",
+        f"train.eval_every={eval_every}",
+        f"train.compile={str(compile).lower()}",
+    ]
+
+
 def plain_loop(
-    task: Task, config: Mapping[str, Any], teacher_path: str, out: Path, gathered: bool = False
+    task: Task,
+    config: Mapping[str, Any],
+    teacher_path: str,
+    out: Path,
+    gathered: bool = False,
+    mark: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Train the KD student with a hand-written loop; return its steps per second and final accuracy.
     With ``train.compile`` the training forward passes of both models go through ``torch.compile``, as
     in kd (validation uses the plain student). ``gathered``: its loaders fetch each batch in one indexing
-    per tensor, as kd's do (:mod:`kdcore.tensor_batches`), instead of the DataLoader's item by item."""
+    per tensor, as kd's do (:mod:`kdcore.tensor_batches`), instead of the DataLoader's item by item.
+    ``mark`` is called where the timed part starts and where it ends."""
     device = select_device(config["device"])
     data = task.build_data(config)
     train_set, val_set, collate_fn = data.train, data.val, None
@@ -127,6 +151,8 @@ def plain_loop(
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     best, steps, value = -1.0, 0, 0.0
     epochs, every = config["student"]["epochs"], config["train"]["eval_every"]
+    if mark is not None:
+        mark()
     started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         student.train()
@@ -147,7 +173,10 @@ def plain_loop(
         if value > best:
             best = value
             torch.save(student.state_dict(), out / "best.pt")
-    return training_row(steps, time.perf_counter() - started, time.process_time() - cpu_started, value)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    if mark is not None:
+        mark()
+    return training_row(steps, seconds, cpu_seconds, value)
 
 
 def kd_run(registry, config: Mapping[str, Any], clock: StageClock, steps: int) -> dict[str, float]:
@@ -200,17 +229,9 @@ def main() -> None:
     registry = timing_registry(clock)
     task = registry.get_task("classify", "digits")
     work = work_dir(args, "overhead")
-    sets = [
-        f"teacher.arch='{args.teacher}'",
-        f"student.arch='{args.student}'",
-        f"student.epochs={args.epochs}",
-        f"data.batch_size={args.batch_size}",
-        f"distill.temperature={TEMPERATURE}",
-        f"distill.alpha={ALPHA}",
-        "distill.baseline=false",
-        f"train.eval_every={args.eval_every}",
-        f"train.compile={str(args.compile).lower()}",
-    ]
+    sets = recipe_sets(
+        args.teacher, args.student, args.epochs, args.batch_size, args.eval_every, args.compile
+    )
     common = {"plugin": "classify", "task": "digits", "out_dir": str(work), "device": args.device}
     common["with_plugins"] = ["kd_bench_timing"]
     started = time.perf_counter()
