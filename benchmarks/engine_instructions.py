@@ -20,6 +20,8 @@ Each side trains once unmarked (warm-up), then once counted.
 
 Needs valgrind (``apt install valgrind``). Prints a table and writes
 benchmarks/results/engine_instructions.json; the sides run two at a time, about 12 minutes on 2 CPUs.
+The convolutional recipe of ``engine_overhead.py`` (``--teacher cnn_large --student cnn_small``) is too
+slow under valgrind: its two warm-up stages had not ended after 20 minutes.
 """
 
 from __future__ import annotations
