@@ -4,7 +4,7 @@ A ``DataLoader`` over a ``TensorDataset`` fetches a batch item by item (one ``te
 tensor) and then stacks the items: for a batch of 64 digits about 190 us of host work on this project's
 CPU, a fifth of a small model's whole training step (BENCHMARKS.md, engine overhead, session 20).
 :class:`TensorBatches` answers PyTorch's ``__getitems__`` (the fetcher's batched access) by indexing each
-tensor once with the batch's indices, and :func:`collate` hands that on as the batch. The sampler is not
+tensor once with the batch's indices, and :func:`collate` hands that batch on as it is. The sampler is not
 touched, so the order, the random draws and a resumed run's batches stay the same, and the batch is the
 same to the bit as ``default_collate``'s: a list with one tensor per tensor of the data set.
 """
@@ -12,18 +12,10 @@ same to the bit as ``default_collate``'s: a list with one tensor per tensor of t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
-
-
-class Gathered(NamedTuple):
-    """A whole batch from :meth:`TensorBatches.__getitems__`: the batch's rows of each tensor, and the
-    items' indices in the data set when the loader asked for them (the teacher-output cache does)."""
-
-    tensors: tuple[torch.Tensor, ...]
-    indices: torch.Tensor | None
 
 
 class TensorBatches(Dataset):
@@ -60,14 +52,16 @@ class TensorBatches(Dataset):
         item = tuple(tensor[row] for tensor in self.tensors)
         return (index, item) if self.indexed else item
 
-    def __getitems__(self, indices: list[int]) -> Gathered:
+    def __getitems__(self, indices: list[int]) -> Any:
+        """The whole batch: the list of tensors ``default_collate`` makes of a ``TensorDataset``'s items,
+        preceded by the items' indices when ``indexed``."""
         positions = torch.as_tensor(indices, dtype=torch.long)
         rows = self.rows[positions] if self.rows is not None else positions
-        return Gathered(tuple(tensor[rows] for tensor in self.tensors), positions if self.indexed else None)
+        batch = [tensor[rows] for tensor in self.tensors]
+        return (positions, batch) if self.indexed else batch
 
 
-def collate(batch: Gathered) -> Any:
-    """The loader's batch from a :class:`Gathered` one: the list of tensors ``default_collate`` makes of a
-    ``TensorDataset``'s items, preceded by the indices when they were asked for."""
-    tensors = list(batch.tensors)
-    return tensors if batch.indices is None else (batch.indices, tensors)
+def collate(batch: Any) -> Any:
+    """The loader's collate function for :class:`TensorBatches`: the batch as ``__getitems__`` gathered it
+    (the DataLoader hands what ``__getitems__`` returns to its collate function)."""
+    return batch
