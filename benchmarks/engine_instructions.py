@@ -60,12 +60,20 @@ SIDES = {
 }
 
 
+def counted_sets(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` values of the counted recipe: ``engine_overhead.py``'s, with the epochs' files written
+    at the end of the stage, as a native run of a stage this short writes them."""
+    return [
+        *recipe_sets(args.teacher, args.student, args.epochs, args.batch_size),
+        "train.checkpoint_every_s=1000000",
+    ]
+
+
 def recipe(args: argparse.Namespace, out_dir: Path, plugins: list[str]) -> tuple[Registry, dict]:
     """The registry (with ``plugins``, registered under their module names) and the resolved config."""
     registry = Registry(builtins=(*DEFAULT_PLUGINS, *plugins), load_entry_points=False)
     task = registry.get_task("classify", "digits")
-    sets = recipe_sets(args.teacher, args.student, args.epochs, args.batch_size)
-    sets.append("train.checkpoint_every_s=1000000")  # written at the end of the stage, as natively
+    sets = counted_sets(args)
     overrides = {"plugin": "classify", "task": "digits", "out_dir": str(out_dir), "device": "cpu"}
     overrides["with_plugins"] = plugins
     if args.teacher_checkpoint:
@@ -175,7 +183,7 @@ def main() -> None:
         "benchmark": "engine_instructions",
         **environment(),
         "valgrind": version.stdout.strip(),
-        "sets": recipe_sets(args.teacher, args.student, args.epochs, args.batch_size),
+        "sets": counted_sets(args),
         "steps": steps,
         "instructions": counts,
         "kd_over_side": {side: counts["kd"] / total for side, total in counts.items() if side != "kd"},
