@@ -63,7 +63,7 @@ from kdcore.resume import (
     save_resume_state,
     truncate_metrics,
 )
-from kdcore.schedules import Schedule, build_schedule
+from kdcore.schedules import Constant, Schedule, build_schedule
 from kdcore.strategies import EnsembleTeacher, Stage, plan_run
 from kdcore.tasks import Task, TaskData
 from kdcore.teacher_cache import IndexedDataset, TeacherCache, indexed_collate, refusal
@@ -141,6 +141,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, list | tuple):
+        if all(type(v) is torch.Tensor and v.device == device for v in batch):  # the usual batch
+            return batch
         moved = [to_device(v, device) for v in batch]
         return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
     if isinstance(batch, Mapping):
@@ -782,7 +784,9 @@ def _train_stage(
     value = float("nan")
     started = time.perf_counter()
     run.pm.hook.kd_fit_start(run=run)
-    hooks = StepHooks.of(run.pm)
+    plan = StepPlan.of(run, schedules)
+    if plan.fixed is not None and run.distilling:
+        run.temperature, run.alpha = plan.fixed
     first_epoch = 0
     parts = StageParts(model, optimizer, scaler, schedules, train_loader.generator)
     if resume is not None:
@@ -861,6 +865,8 @@ def _train_stage(
         with drawn:
             drawn.callback(print_lines)  # after the bar is gone; also after an error or Ctrl-C
             log_every, accumulate = cfg["train"]["log_every"], cfg["train"]["accumulate"]
+            lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
+            lr_varies = not isinstance(lr_factor, Constant)  # else set once, here
             watch = LossWatch(log_every)
             # agreement and loss_ratio: every step for a schedule that reads signals, else at log points
             signals_every_step = any(getattr(s, "reads_signals", True) for s in schedules.values())
@@ -872,7 +878,8 @@ def _train_stage(
                 model.train()
                 batches = len(train_loader)
                 for index, batch in enumerate(train_loader):
-                    lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
+                    if lr_varies:
+                        lr = _set_lr(optimizer, base_lrs, lr_factor, run, stage)
                     window = _window(index, batches, accumulate)
                     cached = None
                     if cache is not None:
@@ -882,7 +889,7 @@ def _train_stage(
                     logs = run.step % log_every == 0
                     signals = signals_every_step or logs
                     losses = _train_step(
-                        run, hooks, trained, optimizer, scaler, schedules, batch, *window, cached, signals
+                        run, plan, trained, optimizer, scaler, schedules, batch, *window, cached, signals
                     )
                     watch.update(losses["total"], run.step)
                     if logs:  # the only host syncs of the loop
@@ -1042,24 +1049,39 @@ def _checkpoint_payload(
     }
 
 
-class StepHooks(NamedTuple):
-    """The hooks a training step calls, each through :func:`kdcore.plugins.direct_caller` (built once per
-    stage: a call through pluggy costs a few microseconds, paid on every step)."""
+class StepPlan(NamedTuple):
+    """What a training step needs that stays the same through a stage, worked out once per stage: each
+    item would cost a few microseconds on every step otherwise (BENCHMARKS.md, engine overhead).
+
+    The four step hooks go through :func:`kdcore.plugins.direct_caller`. ``precision`` is the forward
+    passes' autocast context (:func:`_autocast`), entered anew on each step. ``fixed`` holds the
+    temperature and alpha when both schedules are constants (the step then calls neither), else None.
+    ``weights`` maps a distillation term to its ``distill.weights`` schedule."""
 
     step_start: Callable[..., Any]
     soft_targets: Callable[..., Any]
     distill_loss: Callable[..., Any]
     step_end: Callable[..., Any]
+    precision: contextlib.AbstractContextManager
+    fixed: tuple[float, float] | None
+    weights: Mapping[str, Schedule]
+    grad_clip: float
 
     @classmethod
-    def of(cls, pm: pluggy.PluginManager) -> StepHooks:
+    def of(cls, run: DistillRun, schedules: Mapping[str, Schedule]) -> StepPlan:
         names = ("kd_step_start", "kd_soft_targets", "kd_distill_loss", "kd_step_end")
-        return cls(*(direct_caller(getattr(pm.hook, name)) for name in names))
+        hooks = (direct_caller(getattr(run.pm.hook, name)) for name in names)
+        temperature, alpha = schedules.get("temperature"), schedules.get("alpha")
+        fixed = None
+        if isinstance(temperature, Constant) and isinstance(alpha, Constant):
+            fixed = temperature.value, float(alpha.value)
+        weights = {name[len("weight:") :]: s for name, s in schedules.items() if name.startswith("weight:")}
+        return cls(*hooks, _autocast(run), fixed, weights, run.config["train"]["grad_clip"])
 
 
 def _train_step(
     run: DistillRun,
-    hooks: StepHooks,
+    plan: StepPlan,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -1078,26 +1100,26 @@ def _train_step(
     detached 0-dim tensors (and the temperature and alpha): nothing here waits for the device; the stage
     reads them at its log points."""
     task = run.task
-    hooks.step_start(run=run, step=run.step, batch=batch)
+    plan.step_start(run=run, step=run.step, batch=batch)
     inputs, targets = task.split_batch(batch)
-    with _autocast(run):
+    with plan.precision:
         outputs = model(inputs)
         supervised = task.supervised_loss(outputs, targets)
         losses: dict[str, float | torch.Tensor] = {"supervised": supervised.detach()}
         if run.distilling:
-            progress = run.progress
-            run.temperature = schedules["temperature"](progress, run.signals)
-            run.alpha = float(schedules["alpha"](progress, run.signals))
+            if plan.fixed is None:
+                progress = run.progress
+                run.temperature = schedules["temperature"](progress, run.signals)
+                run.alpha = float(schedules["alpha"](progress, run.signals))
             teacher_outputs = cached[0].lookup(cached[1], run.device) if cached else None
             if teacher_outputs is None:
-                teacher_outputs = hooks.soft_targets(run=run, inputs=inputs, batch=batch)
+                teacher_outputs = plan.soft_targets(run=run, inputs=inputs, batch=batch)
                 if cached:
                     cached[0].store(cached[1], teacher_outputs)
-            terms = hooks.distill_loss(
+            terms = plan.distill_loss(
                 run=run, student_outputs=outputs, teacher_outputs=teacher_outputs, batch=batch
             )
-            weighted = [_weighted(schedules, name, value, run) for name, value in terms.items()]
-            distill = sum(weighted[1:], start=weighted[0]) if weighted else torch.zeros((), device=run.device)
+            distill = _distill_sum(terms, plan.weights, run)
             total = (1.0 - run.alpha) * supervised + run.alpha * distill
             clash = RESERVED_LOG_KEYS.intersection(terms)
             if clash:
@@ -1116,17 +1138,24 @@ def _train_step(
             losses["temperature"], losses["alpha"] = _detached(run.temperature), run.alpha
         else:
             total = supervised
-    scaler.scale(total / window if window > 1 else total).backward()
+    scaling = scaler.is_enabled()
+    if scaling:
+        scaler.scale(total / window if window > 1 else total).backward()
+    else:
+        (total / window if window > 1 else total).backward()
     if last_in_window:
-        clip = run.config["train"]["grad_clip"]
-        if clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(optimizer)
-        scaler.update()
+        if plan.grad_clip > 0:
+            if scaling:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+        if scaling:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     losses = {"total": total.detach(), **losses}
-    hooks.step_end(run=run, step=run.step, losses=losses)
+    plan.step_end(run=run, step=run.step, losses=losses)
     return losses
 
 
@@ -1226,9 +1255,13 @@ class LossWatch:
         self.steps.clear()
 
 
-def _weighted(
-    schedules: Mapping[str, Schedule], name: str, value: torch.Tensor, run: DistillRun
-) -> torch.Tensor:
-    """Distillation term ``name`` times its ``distill.weights`` schedule (no multiplication without one)."""
-    schedule = schedules.get(f"weight:{name}")
-    return value if schedule is None else schedule(run.progress, run.signals) * value
+def _distill_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, Schedule], run: DistillRun):
+    """The distillation terms summed, each times its ``distill.weights`` schedule (no multiplication for a
+    term without one, no addition for a single term)."""
+    values = [
+        value if (weight := weights.get(name)) is None else weight(run.progress, run.signals) * value
+        for name, value in terms.items()
+    ]
+    if not values:
+        return torch.zeros((), device=run.device)
+    return values[0] if len(values) == 1 else sum(values[1:], start=values[0])

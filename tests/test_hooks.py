@@ -288,6 +288,58 @@ def test_a_negative_lr_factor_is_an_error_naming_the_key(tmp_path, monkeypatch):
         run_tiny(tmp_path, monkeypatch, sets=sets)
 
 
+def test_a_constant_lr_factor_scales_every_step_and_the_saved_optimizer(tmp_path, monkeypatch):
+    sets = ["student.lr=0.02", "student.lr_schedule=0.5", "student.epochs=2", "distill.baseline=false"]
+    result = run_tiny(tmp_path, monkeypatch, sets=sets)
+    student = records(result.run_dir, "train", "student")
+    assert [r["lr"] for r in student] == [0.01] * 2 * STEPS_PER_EPOCH
+    saved = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    assert [group["lr"] for group in saved["param_groups"]] == [0.01]
+
+
+def test_constant_temperature_and_alpha_hold_from_the_first_step(tmp_path, monkeypatch):
+    seen = []
+
+    @hookimpl
+    def kd_step_start(run, step, batch):
+        if run.stage == "student":
+            seen.append((run.temperature, run.alpha))
+
+    sets = ["distill.temperature=3.0", "distill.alpha=0.25", "distill.baseline=false"]
+    result = run_tiny(tmp_path, monkeypatch, kd_step_start, sets=sets)
+    train = records(result.run_dir, "train", "student")
+    assert seen == [(3.0, 0.25)] * 2 * STEPS_PER_EPOCH
+    assert [(r["temperature"], r["alpha"]) for r in train] == [(3.0, 0.25)] * 2 * STEPS_PER_EPOCH
+    for r in train:
+        assert r["total"] == pytest.approx(0.75 * r["supervised"] + 0.25 * r["kd"], rel=1e-5)
+
+
+@pytest.mark.parametrize("clip", [1e-3, 0.0])
+def test_grad_clip_bounds_each_step_of_the_student(tmp_path, monkeypatch, clip):
+    start = {}
+
+    @hookimpl
+    def kd_fit_start(run):
+        start[run.stage] = [p.detach().clone() for p in run.student.parameters()]
+
+    sets = [
+        "student.optimizer='sgd'",
+        "student.lr=1.0",
+        "student.weight_decay=0.0",
+        "student.epochs=1",
+        f"train.grad_clip={clip}",
+        "distill.baseline=false",
+    ]
+    result = run_tiny(tmp_path, monkeypatch, kd_fit_start, sets=sets)
+    end = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"].values()
+    moved = torch.cat([(b - a).flatten() for a, b in zip(start["student"], end, strict=True)]).norm()
+    # SGD with momentum 0.9 over 3 steps moves the weights by at most lr * clip * (1 + 1.9 + 2.71)
+    if clip:
+        assert 0 < moved <= 5.61 * clip * (1 + 1e-4)
+    else:
+        assert moved > 0.1
+
+
 def test_a_learnable_lr_schedule_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"teacher\.lr_schedule cannot be a learnable schedule"):
         learnable = "{name='learnable', initial=2.0, min_value=0.5, max_value=4.0}"

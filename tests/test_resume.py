@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -26,7 +28,7 @@ from kdcore.config import read_toml, resolve
 from kdcore.engine import RunInterrupted, fit
 from kdcore.plugins import Registry
 from kdcore.report import read_metrics
-from kdcore.resume import ResumeError
+from kdcore.resume import ResumeError, capture_rng, restore_rng
 
 QUIET = Console(file=io.StringIO())
 #: Dropout and a random augmentation draw from the global generators, so a resume that lost their state
@@ -276,3 +278,26 @@ def test_resume_takes_no_other_option(tmp_path):
 
     result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path), "-s", "seed=1"])
     assert result.exit_code == 2 and "--resume RUN_DIR takes no other option" in result.output
+
+
+@pytest.mark.parametrize("older_file", [False, True])
+def test_the_random_generators_come_back_from_a_saved_state(tmp_path, older_file):
+    generator = torch.Generator().manual_seed(3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(4)
+    saved = capture_rng(generator)
+    assert saved["python"][1].dtype == torch.int64 and saved["python"][1].shape == (625,)  # one tensor
+    path = tmp_path / "state.pt"
+    torch.save({"rng": saved}, path)
+    loaded = torch.load(path, weights_only=True)["rng"]
+    if older_file:  # resume files written before the state words became a tensor hold a list of ints
+        loaded["python"][1] = loaded["python"][1].tolist()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    generator.manual_seed(9)
+    restore_rng(loaded, generator)
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())
+    assert drawn == expected
