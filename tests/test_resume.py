@@ -293,11 +293,15 @@ def test_the_random_generators_come_back_from_a_saved_state(tmp_path, older_file
     loaded = torch.load(path, weights_only=True)["rng"]
     if older_file:  # resume files written before the state words became a tensor hold a list of ints
         loaded["python"][1] = loaded["python"][1].tolist()
-    expected = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())
+
+    def draws():
+        mine = float(torch.rand(1, generator=generator))
+        return random.random(), np.random.rand(), float(torch.rand(1)), mine
+
+    expected = draws()
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
     generator.manual_seed(9)
     restore_rng(loaded, generator)
-    drawn = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())
-    assert drawn == expected
+    assert draws() == expected
