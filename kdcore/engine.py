@@ -1134,7 +1134,7 @@ def _train_step(
                 if agreement is not None:
                     run.signals["agreement"] = agreement
                 floor = losses["supervised"].clamp_min(1e-12)
-                run.signals["loss_ratio"] = torch.as_tensor(_detached(distill)) / floor
+                run.signals["loss_ratio"] = distill.detach() / floor
             losses["temperature"], losses["alpha"] = _detached(run.temperature), run.alpha
         else:
             total = supervised
@@ -1193,7 +1193,7 @@ def _floats(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
         if isinstance(value, torch.Tensor) and value.device.type != "cpu":
             by_device.setdefault(value.device, []).append(name)
         else:
-            floats[name] = float(_detached(value))
+            floats[name] = float(value.detach() if getattr(value, "requires_grad", False) else value)
     for names in by_device.values():
         read = torch.stack([values[name].detach().reshape(()) for name in names]).tolist()
         floats.update(zip(names, map(float, read), strict=True))
@@ -1219,9 +1219,10 @@ class LossWatch:
         self.epoch_sum, self.epoch_steps = 0.0, 0
 
     def update(self, total: torch.Tensor, step: int) -> None:
+        """Keep ``total``, the step's detached total loss (the step's ``losses["total"]``)."""
         if len(self.steps) == self.window:
             self._read()
-        self.totals.append(total.detach())
+        self.totals.append(total)
         self.steps.append(step)
 
     def check(self, stage: str) -> None:
