@@ -1256,7 +1256,9 @@ class LossWatch:
         self.steps.clear()
 
 
-def _distill_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, Schedule], run: DistillRun):
+def _distill_sum(
+    terms: Mapping[str, torch.Tensor], weights: Mapping[str, Schedule], run: DistillRun
+) -> torch.Tensor:
     """The distillation terms summed, each times its ``distill.weights`` schedule (no multiplication for a
     term without one, no addition for a single term)."""
     values = [

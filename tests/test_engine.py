@@ -454,6 +454,16 @@ def test_to_device_keeps_the_batch_structure_named_tuples_included():
     assert batch["pair"].image.device.type == "cpu"  # the input is not changed
 
 
+def test_to_device_leaves_a_batch_already_on_the_device_as_it_is():
+    cpu = torch.device("cpu")
+    images, labels = torch.ones(2, 3), torch.zeros(2)
+    assert to_device([images, labels], cpu)[0] is images  # no copy, no Tensor.to call
+    there = torch.empty(2, device="meta")
+    mixed = [there, labels]  # one tensor to move: each is looked at
+    moved = to_device(mixed, torch.device("meta"))
+    assert moved[0] is there and moved[1].device.type == "meta" and mixed[1].device.type == "cpu"
+
+
 def test_the_loss_watch_names_the_first_non_finite_step_also_after_its_window_filled():
     watch = LossWatch(window=3)
     for step, total in enumerate([1.0, 2.0, float("inf"), 4.0, float("nan"), 6.0, 7.0]):
