@@ -1139,10 +1139,8 @@ def _train_step(
         else:
             total = supervised
     scaling = scaler.is_enabled()
-    if scaling:
-        scaler.scale(total / window if window > 1 else total).backward()
-    else:
-        (total / window if window > 1 else total).backward()
+    loss = total / window if window > 1 else total
+    (scaler.scale(loss) if scaling else loss).backward()
     if last_in_window:
         if plan.grad_clip > 0:
             if scaling:
