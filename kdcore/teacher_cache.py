@@ -96,9 +96,9 @@ class TeacherCache:
 
     def lookup(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         """The cached outputs of ``indices`` on ``device``, or None unless every one is cached."""
-        if self.outputs is None or not bool(self.filled[indices].all()):
+        if self.outputs is None or not bool(self.filled.index_select(0, indices).all()):
             return None
-        return self.outputs[indices].to(device, non_blocking=True)
+        return self.outputs.index_select(0, indices).to(device, non_blocking=True)
 
     def store(self, indices: torch.Tensor, outputs: Any) -> None:
         """Keep ``outputs`` (a tensor, one row per index); write the file once every item is in."""
@@ -110,8 +110,8 @@ class TeacherCache:
         outputs = outputs.detach().to("cpu")
         if self.outputs is None:
             self.outputs = outputs.new_zeros((self.size, *outputs.shape[1:]))
-        self.outputs[indices] = outputs
-        self.filled[indices] = True
+        self.outputs.index_copy_(0, indices, outputs.to(self.outputs.dtype))
+        self.filled.index_fill_(0, indices, True)
         if not self.saved and bool(self.filled.all()):
             data = self.outputs
             atomic_write(self.path, lambda fh: torch.save(data, fh))

@@ -7,6 +7,11 @@ CPU, a fifth of a small model's whole training step (BENCHMARKS.md, engine overh
 tensor once with the batch's indices, and :func:`collate` hands that batch on as it is. The sampler is not
 touched, so the order, the random draws and a resumed run's batches stay the same, and the batch is the
 same to the bit as ``default_collate``'s: a list with one tensor per tensor of the data set.
+
+The gather is ``index_select``, not ``tensor[rows]``: on a many-core host PyTorch's advanced-indexing kernel
+runs even a 64 x 64 batch as a parallel region, and the OpenMP workers it wakes then spin between steps.
+On a 16-core GPU host that was 14 CPU seconds for each second of training (BENCHMARKS.md, engine
+overhead, session 22); ``index_select`` keeps a batch that small on the calling thread.
 """
 
 from __future__ import annotations
@@ -56,8 +61,8 @@ class TensorBatches(Dataset):
         """The whole batch: the list of tensors ``default_collate`` makes of a ``TensorDataset``'s items,
         preceded by the items' indices when ``indexed``."""
         positions = torch.as_tensor(indices, dtype=torch.long)
-        rows = self.rows[positions] if self.rows is not None else positions
-        batch = [tensor[rows] for tensor in self.tensors]
+        rows = self.rows.index_select(0, positions) if self.rows is not None else positions
+        batch = [tensor.index_select(0, rows) for tensor in self.tensors]
         return (positions, batch) if self.indexed else batch
 
 

@@ -149,3 +149,19 @@ def test_the_cache_is_refused_when_items_may_change_or_a_plugin_makes_the_target
     hints = "distill.hints=[{student='0', teacher='0'}]"
     with pytest.raises(ValueError, match=r"distill\.hints need the teacher's features"):
         run(tmp_path, monkeypatch, sets=["train.teacher_cache=true", hints], name="hints")
+
+
+def test_the_cache_keeps_each_items_row_and_writes_the_file_once_full(tmp_path):
+    from kdcore.teacher_cache import TeacherCache
+
+    cache = TeacherCache(5, tmp_path / "teacher.pt")
+    outputs = torch.arange(15, dtype=torch.float32).reshape(5, 3)
+    cache.store(torch.tensor([3, 0]), outputs[[3, 0]])
+    assert cache.lookup(torch.tensor([0, 3]), torch.device("cpu")).tolist() == outputs[[0, 3]].tolist()
+    assert cache.lookup(torch.tensor([0, 1]), torch.device("cpu")) is None  # item 1 is not in yet
+    assert not cache.path.exists()
+    cache.store(torch.tensor([4, 1, 2]), outputs[[4, 1, 2]].double())  # kept in the cache's dtype
+    assert cache.path.is_file()
+    back = TeacherCache(5, tmp_path / "teacher.pt")
+    assert torch.equal(back.outputs, outputs) and back.outputs.dtype == torch.float32
+    assert torch.equal(back.lookup(torch.tensor([2, 2, 4]), torch.device("cpu")), outputs[[2, 2, 4]])

@@ -55,6 +55,17 @@ def test_gathered_batches_are_default_collates_to_the_bit(dataset):
     assert all(torch.equal(a, b) for a, b in zip(gathered[index], dataset[index], strict=True))
 
 
+def test_the_gather_is_index_select_not_advanced_indexing():
+    """``tensor[rows]`` runs a parallel region even for a small batch on a many-core host, which leaves the
+    OpenMP workers spinning between steps (BENCHMARKS.md, session 22); the gather must not use it."""
+    gathered = TensorBatches.of(Subset(TensorDataset(IMAGES, LABELS), list(range(40))))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        gathered.__getitems__([5, 1, 30, 7])
+    names = {event.name for event in profile.events()}
+    assert "aten::index_select" in names
+    assert "aten::index" not in names
+
+
 def test_indexed_batches_match_the_indexed_dataset():
     dataset = Subset(TensorDataset(IMAGES, LABELS), list(range(3, 40, 2)))
     expected = shuffled(IndexedDataset(dataset), indexed_collate(None))
