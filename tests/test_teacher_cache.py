@@ -15,6 +15,7 @@ from kdcore.checkpoint import load_checkpoint
 from kdcore.config import read_toml, resolve
 from kdcore.engine import RunInterrupted, fit
 from kdcore.report import read_metrics
+from kdcore.teacher_cache import TeacherCache
 
 QUIET = Console(file=io.StringIO())
 STEPS_PER_EPOCH = 3  # 45 items in batches of 15
@@ -152,8 +153,6 @@ def test_the_cache_is_refused_when_items_may_change_or_a_plugin_makes_the_target
 
 
 def test_the_cache_keeps_each_items_row_and_writes_the_file_once_full(tmp_path):
-    from kdcore.teacher_cache import TeacherCache
-
     cache = TeacherCache(5, tmp_path / "teacher.pt")
     outputs = torch.arange(15, dtype=torch.float32).reshape(5, 3)
     cache.store(torch.tensor([3, 0]), outputs[[3, 0]])
